@@ -1,0 +1,97 @@
+"""Parameter-efficient adapters for the frozen encoders, through `peft`.
+
+The paper adapts every attention block with rank-1 LoRA on the query, key, value and attention-output
+projections (not the MLP). Module names differ between model families, so the default target is one regular
+expression that matches exactly those four projections inside numbered transformer layers of every family we
+know (BERT-style `attention.self.query` / `attention.output.dense`; ViT, AST, CLIP and SigLIP `q_proj` ... `o_proj`
+/ `out_proj`) and nothing else: not the MLP, not the BERT pooler, not SigLIP's attention-pooling head. A model
+whose names differ can pass its own `target_modules`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import peft
+import torch.nn as nn
+
+ATTENTION_PROJECTIONS = (
+    r".*\.\d+\.(?:"
+    r"attention\.self\.(?:query|key|value)"
+    r"|attention\.output\.dense"
+    r"|(?:attention|self_attn)\.(?:q_proj|k_proj|v_proj|o_proj|out_proj)"
+    r")"
+)
+"""Full-match pattern for the four attention projections of each transformer layer (peft uses `re.fullmatch`)."""
+
+ADAPTERS = ("lora", "dora", "vera")
+
+
+@dataclass
+class AdapterConfig:
+    """What adapter to put on every encoder. Defaults are the paper's (Table 6): LoRA, rank 1, alpha 1, dropout 0.1."""
+
+    kind: str = "lora"
+    rank: int = 1
+    alpha: float = 1.0
+    dropout: float = 0.1
+    seed: int = 0
+    """VeRA only: seed of its shared frozen random projections (`projection_prng_key`)."""
+
+    def __post_init__(self):
+        if self.kind not in ADAPTERS:
+            raise ValueError(f"unknown adapter {self.kind!r}; choose one of {', '.join(ADAPTERS)}")
+        if self.rank < 1:
+            raise ValueError(f"adapter rank must be >= 1, got {self.rank}")
+
+    def peft_config(self, target_modules: str | list[str]) -> peft.PeftConfig:
+        if self.kind == "vera":
+            # VeRA has no alpha; its frozen projections are regenerated from the seed, so saving them is redundant.
+            return peft.VeraConfig(
+                r=self.rank,
+                target_modules=target_modules,
+                vera_dropout=self.dropout,
+                projection_prng_key=self.seed,
+                save_projection=False,
+            )
+        return peft.LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=target_modules,
+            use_dora=self.kind == "dora",
+        )
+
+
+def matched_modules(model: nn.Module, target_modules: str | list[str]) -> list[str]:
+    """Names of the `nn.Linear` modules that `target_modules` selects, with peft's matching rules."""
+    if isinstance(target_modules, str):
+        pattern = re.compile(target_modules)
+        return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and pattern.fullmatch(n)]
+    suffixes = tuple(target_modules)
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and any(n == s or n.endswith("." + s) for s in suffixes)
+    ]
+
+
+def attach_adapter(
+    backbone: nn.Module, config: AdapterConfig, target_modules: str | list[str] | None = None, name: str = "encoder"
+) -> peft.PeftModel:
+    """Freeze `backbone` and wrap it with the adapter on `target_modules` (default: attention projections).
+
+    Raises a clear error when the targets match nothing, instead of training an unadapted encoder (peft's own
+    silent-mismatch pitfall).
+    """
+    targets = target_modules if target_modules is not None else ATTENTION_PROJECTIONS
+    found = matched_modules(backbone, targets)
+    if not found:
+        raise ValueError(
+            f"adapter targets match no linear layer of the {name} encoder "
+            f"({type(backbone).__name__}); pass target_modules for this model family"
+        )
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(False)
+    return peft.get_peft_model(backbone, config.peft_config(targets))

@@ -1,0 +1,144 @@
+"""CMPT: Cross-Modal Proxy Tokens (Reza et al., "Robust Multimodal Learning via Cross-Modal Proxy Tokens").
+
+Each encoder f_m carries one learnable proxy token per other modality n, inserted beside its class token
+(eq. 2: `[P_m, CLS_m, T_m]`). After the adapted encoder (eq. 3), the proxy output P^_{m->n} is trained to
+approximate the class output C^_n of modality n (eq. 4), and stands in for it when n is missing (eq. 5):
+
+    fused = sum over n of  C^_n                              if n is available,
+                           mean of P^_{m->n} over available m  if n is missing.
+
+With two modalities this is exactly eq. 5: m1 missing gives `C^_m2 + P^_m2`. A missing modality's encoder has
+no influence on the prediction, so it is not run for the samples that lack it. Loss (eq. 7):
+`L_task + lambda * L_align`, lambda = 0.2.
+
+Choices where the paper is silent, each an option:
+- `align_denominator`: `paper` divides the summed cross-modal errors by MSE(P^_m1, C^_m1), the first modality's
+  proxy against its own class output, as eq. 4 is written (asymmetric); with N > 2 modalities, m1 and m2 are the
+  first two present in the configured order. `symmetric` divides each pair's error MSE(P^_{m->n}, C^_n) by
+  MSE(P^_{m->n}, C^_m); `none` keeps the numerator only. `align_eps` guards every denominator.
+- `align_detach_target`: whether the class outputs used as targets are detached (in numerator and
+  denominator). The paper's formula reads as no detach, the default.
+- Modality dropout on complete training data: `leave_one_out`, one draw per step (`batch`), as the paper's
+  "use both, or drop one, in each iteration". A dropped modality is replaced by its proxies in the fusion, but its
+  encoder still runs so that the alignment loss sees the truly present data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model import ModelConfig, MultimodalModel
+from ..processing import Batch
+from ..registry import register_method
+
+ALIGN_DENOMINATORS = ("paper", "symmetric", "none")
+
+
+@dataclass
+class CMPTConfig(ModelConfig):
+    modality_dropout: str = "leave_one_out"
+    align_weight: float = 0.2
+    align_denominator: str = "paper"
+    align_detach_target: bool = False
+    align_eps: float = 1e-6
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.align_denominator not in ALIGN_DENOMINATORS:
+            raise ValueError(f"align_denominator must be one of {ALIGN_DENOMINATORS}, got {self.align_denominator!r}")
+        if len(self.encoders) < 2:
+            raise ValueError("CMPT needs at least two modalities")
+
+
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared error over features: [B, d] x [B, d] -> [B]."""
+    return (a - b).pow(2).mean(-1)
+
+
+def proxy_fill(cls, proxies, visible, modalities) -> dict[str, torch.Tensor]:
+    """Gating (eq. 5, N modalities): each modality's term is its class output when available, otherwise the mean
+    of the proxies that the available modalities hold for it."""
+    terms = {}
+    for target in modalities:
+        sources = [m for m in modalities if m != target]
+        weights = torch.stack([visible[m] for m in sources]).to(cls[target].dtype)  # [S, B]
+        stacked = torch.stack([proxies[m, target] for m in sources])  # [S, B, d]
+        proxy_mean = (weights.unsqueeze(-1) * stacked).sum(0) / weights.sum(0).clamp(min=1).unsqueeze(-1)
+        terms[target] = torch.where(visible[target].unsqueeze(-1), cls[target], proxy_mean)
+    return terms
+
+
+def alignment_loss(cls, proxies, present, modalities, denominator="paper", detach_target=False, eps=1e-6):
+    """Eq. 4, averaged over the samples in which at least two modalities are truly present.
+
+    For two modalities and `denominator="paper"`:
+    `mean_x [MSE(P^_m1, C^_m2) + MSE(P^_m2, C^_m1)] / MSE(P^_m1, C^_m1)`.
+    """
+    target = {m: c.detach() if detach_target else c for m, c in cls.items()}
+    numerator = 0
+    first_pair_error = None  # MSE(P^_{m1->m2}, C^_m1) for the first two present modalities of each sample
+    for source in modalities:
+        for goal in modalities:
+            if source == goal:
+                continue
+            both = present[source] & present[goal]
+            error = mse(proxies[source, goal], target[goal])
+            self_error = mse(proxies[source, goal], target[source])
+            if denominator == "symmetric":
+                error = error / (self_error + eps)
+            numerator = numerator + torch.where(both, error, torch.zeros_like(error))
+            if denominator == "paper" and modalities.index(source) < modalities.index(goal):
+                if first_pair_error is None:
+                    first_pair_error = torch.where(both, self_error, torch.full_like(self_error, float("nan")))
+                else:
+                    unset = torch.isnan(first_pair_error) & both
+                    first_pair_error = torch.where(unset, self_error, first_pair_error)
+    complete = torch.stack([present[m] for m in modalities]).sum(0) >= 2
+    if not complete.any():
+        return next(iter(cls.values())).new_zeros(())
+    per_sample = numerator[complete]
+    if denominator == "paper":
+        per_sample = per_sample / (first_pair_error[complete] + eps)
+    return per_sample.mean()
+
+
+@register_method("cmpt")
+class CMPT(MultimodalModel):
+    config_class = CMPTConfig
+
+    def num_proxies(self, modality: str) -> int:
+        return len(self.config.encoders) - 1
+
+    def proxy_targets(self, modality: str) -> list[str]:
+        """The modalities whose class outputs the proxies of `modality` stand for, in token order."""
+        return [m for m in self.modalities if m != modality]
+
+    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]):
+        """Encode each modality for the samples that truly have it (dropped ones too: the alignment needs them)."""
+        cls, proxies = {}, {}
+        for modality in self.modalities:
+            encoded = self.encode_present(batch, modality, batch.present[modality])
+            if encoded is None:
+                encoded = (
+                    self.head.weight.new_zeros(len(batch), self.hidden_size),
+                    self.head.weight.new_zeros(len(batch), self.num_proxies(modality), self.hidden_size),
+                )
+            cls[modality] = encoded[0]
+            for index, target in enumerate(self.proxy_targets(modality)):
+                proxies[modality, target] = encoded[1][:, index]
+        return cls, proxies
+
+    def fuse(self, cls, proxies, visible) -> torch.Tensor:
+        return sum(proxy_fill(cls, proxies, visible, self.modalities).values())
+
+    def auxiliary_loss(self, cls, proxies, present) -> torch.Tensor:
+        c = self.config
+        return alignment_loss(
+            cls, proxies, present, self.modalities, c.align_denominator, c.align_detach_target, c.align_eps
+        )
+
+    @property
+    def auxiliary_weight(self) -> float:
+        return self.config.align_weight

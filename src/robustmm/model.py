@@ -1,0 +1,319 @@
+"""The shared late-fusion model: one adapted encoder per named modality, a fusion rule and a linear head.
+
+Every method (`robustmm.methods`) is a subclass that says how missing modalities are filled in (`encode`,
+`fuse`) and what it adds to the loss (`auxiliary_loss`); batching, modality dropout, losses, prediction, saving
+and loading live here once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from .adapters import AdapterConfig
+from .encoders import EncoderConfig, ModalityEncoder
+from .processing import Batch, Collator
+
+MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
+CONFIG_FILE = "robustmm_config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class ModelConfig:
+    """Options every method shares. Method configs subclass this and add their own fields."""
+
+    encoders: dict[str, EncoderConfig]
+    num_classes: int
+    multilabel: bool = False
+    class_names: list[str] | None = None
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    modality_dropout: str = "none"
+    """Training-time modality dropout. `leave_one_out` (the paper's): each draw keeps all modalities or drops
+    exactly one, uniformly; `subsets`: keeps a uniformly drawn non-empty subset. A sample's only present modality
+    is never dropped."""
+    modality_dropout_level: str = "batch"
+    """`batch`: one draw per training step, as the paper ("in each iteration"); `sample`: one draw per sample."""
+    seed: int = 0
+    """Initial values of proxies and head, and the modality-dropout stream."""
+
+    def __post_init__(self):
+        self.encoders = {
+            m: e if isinstance(e, EncoderConfig) else EncoderConfig(**e) if isinstance(e, dict) else EncoderConfig(e)
+            for m, e in self.encoders.items()
+        }
+        if isinstance(self.adapter, dict):
+            self.adapter = AdapterConfig(**self.adapter)
+        if not self.encoders:
+            raise ValueError("at least one encoder is needed")
+        if self.num_classes < 1 if self.multilabel else self.num_classes < 2:
+            raise ValueError(f"num_classes={self.num_classes} is too small for this task")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
+        if self.modality_dropout not in MODALITY_DROPOUT:
+            raise ValueError(f"modality_dropout must be one of {MODALITY_DROPOUT}, got {self.modality_dropout!r}")
+        if self.modality_dropout_level not in ("batch", "sample"):
+            raise ValueError(f"modality_dropout_level must be 'batch' or 'sample', got {self.modality_dropout_level!r}")
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelOutput:
+    """What a forward pass returns. Rows of samples that lack a modality are zero in `cls` and `proxies`."""
+
+    logits: torch.Tensor
+    fused: torch.Tensor
+    cls: dict[str, torch.Tensor]
+    proxies: dict[tuple[str, str], torch.Tensor]
+    present: dict[str, torch.Tensor]
+    """Which modalities each sample truly has."""
+    visible: dict[str, torch.Tensor]
+    """Which modalities the fusion used: `present` minus those dropped by training-time modality dropout."""
+    align_loss: torch.Tensor
+    task_loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+
+def scatter_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Place `rows` (one per True in `mask`) into a zero tensor with one row per sample."""
+    full = rows.new_zeros((mask.shape[0], *rows.shape[1:]))
+    full[mask] = rows
+    return full
+
+
+def select_rows(inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[keep] for k, v in inputs.items()}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename it, so a killed run leaves no half file."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class MultimodalModel(nn.Module):
+    """Late fusion over a `ModuleDict` of adapted encoders, with a linear head on the fused feature."""
+
+    method: str = ""
+    config_class: type[ModelConfig] = ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        kinds = {m: e.resolve_kind(m) for m, e in config.encoders.items()}
+        self.collator = Collator(
+            {m: config.encoders[m].processor(kinds[m]) for m in config.modalities}, config.num_classes, config.multilabel
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            self.encoders = nn.ModuleDict(
+                {
+                    m: ModalityEncoder(m, e, config.adapter, num_proxies=self.num_proxies(m))
+                    for m, e in config.encoders.items()
+                }
+            )
+            sizes = {m: e.hidden_size for m, e in self.encoders.items()}
+            if len(set(sizes.values())) != 1:
+                raise ValueError(
+                    f"additive fusion needs encoders of one hidden size, got {sizes}; choose encoders that match"
+                )
+            self.hidden_size = next(iter(sizes.values()))
+            self.head = nn.Linear(self.hidden_size, config.num_classes)
+        self._dropout_rng = random.Random(config.seed)
+        self._placeholder_inputs: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ----- what a method decides -------------------------------------------------------------------------------
+
+    def num_proxies(self, modality: str) -> int:
+        """How many proxy tokens the encoder of `modality` carries (none unless a method says otherwise)."""
+        return 0
+
+    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]):
+        """Per-modality features: returns (cls: m -> [B, d], proxies: (m, n) -> [B, d])."""
+        raise NotImplementedError
+
+    def fuse(self, cls, proxies, visible) -> torch.Tensor:
+        raise NotImplementedError
+
+    def auxiliary_loss(self, cls, proxies, present) -> torch.Tensor:
+        return self.head.weight.new_zeros(())
+
+    @property
+    def auxiliary_weight(self) -> float:
+        """Weight of `auxiliary_loss` in the total loss (lambda of paper eq. 7 for CMPT)."""
+        return 0.0
+
+    # ----- shared machinery ------------------------------------------------------------------------------------
+
+    @property
+    def modalities(self) -> list[str]:
+        return self.config.modalities
+
+    def collate(self, samples: list[dict]) -> Batch:
+        return self.collator(samples)
+
+    def encode_present(self, batch: Batch, modality: str, keep: torch.Tensor):
+        """Run the encoder of `modality` on the samples in `keep` (a subset of those that have it) only.
+
+        Returns (cls [B, d], proxies [B, k, d]) with zero rows elsewhere, or None when no sample is kept.
+        """
+        present = batch.present[modality]
+        keep = keep & present
+        if not keep.any():
+            return None
+        inputs = batch.inputs[modality]
+        if not torch.equal(keep, present):
+            inputs = select_rows(inputs, keep[present])
+        cls, proxies = self.encoders[modality](inputs)
+        return scatter_rows(cls, keep), scatter_rows(proxies, keep)
+
+    def encode_placeholder(self, modality: str, device: torch.device) -> torch.Tensor:
+        """CLS feature of the modality's placeholder input, computed once per call and shared by all samples."""
+        if modality not in self._placeholder_inputs:
+            self._placeholder_inputs[modality] = self.collator.placeholder(modality)
+        inputs = {k: v.to(device) for k, v in self._placeholder_inputs[modality].items()}
+        cls, _ = self.encoders[modality](inputs)
+        return cls[0]
+
+    def drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Training-time modality dropout over the truly present modalities; never leaves a sample empty."""
+        if self.config.modality_dropout == "none" or len(self.modalities) < 2:
+            return present
+        names = self.modalities
+        if self.config.modality_dropout == "leave_one_out":
+            patterns = [set(names)] + [set(names) - {m} for m in names]
+        else:
+            patterns = [set(c) for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
+        size = len(next(iter(present.values())))
+        draws = 1 if self.config.modality_dropout_level == "batch" else size
+        chosen = [self._dropout_rng.choice(patterns) for _ in range(draws)]
+        device = next(iter(present.values())).device
+        keep = {m: torch.tensor([m in c for c in chosen], device=device).expand(size) for m in names}
+        visible = {m: present[m] & keep[m] for m in names}
+        # A sample whose kept modalities are all absent keeps what it truly has.
+        empty = ~torch.stack(list(visible.values())).any(0)
+        return {m: torch.where(empty, present[m], visible[m]) for m in names}
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.multilabel:
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        present = batch.present
+        if not torch.stack(list(present.values())).any(0).all():
+            empty = int((~torch.stack(list(present.values())).any(0)).nonzero()[0])
+            raise ValueError(f"sample {empty} (id {batch.ids[empty]!r}) has no modality at all")
+        visible = self.drop_modalities(present) if self.training else present
+        cls, proxies = self.encode(batch, visible)
+        fused = self.fuse(cls, proxies, visible)
+        logits = self.head(fused)
+        align_loss = self.auxiliary_loss(cls, proxies, present)
+        output = ModelOutput(logits, fused, cls, proxies, present, visible, align_loss)
+        if batch.labels is not None:
+            output.task_loss = self.task_loss(logits, batch.labels)
+            output.loss = output.task_loss + self.auxiliary_weight * align_loss
+        return output
+
+    @torch.no_grad()
+    def predict(self, samples: list[dict], batch_size: int = 32) -> torch.Tensor:
+        """Class probabilities (softmax, or per-class sigmoid for multi-label) for samples with any modalities."""
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        try:
+            chunks = []
+            for start in range(0, len(samples), batch_size):
+                batch = self.collate([{k: v for k, v in s.items() if k != "label"} for s in samples[start : start + batch_size]])
+                logits = self(batch.to(device)).logits
+                chunks.append(torch.sigmoid(logits) if self.config.multilabel else logits.softmax(-1))
+            return torch.cat(chunks).cpu()
+        finally:
+            self.train(was_training)
+
+    # ----- parameters, saving, loading -------------------------------------------------------------------------
+
+    def trainable_parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part: adapters of each encoder, proxy tokens, head, and the total."""
+        counts: dict[str, int] = {}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if name.startswith("encoders."):
+                modality = name.split(".")[1]
+                part = "proxies" if name.endswith("proxy_tokens") else f"adapters.{modality}"
+            else:
+                part = name.split(".")[0]
+            counts[part] = counts.get(part, 0) + parameter.numel()
+        counts["total_trainable"] = sum(counts.values())
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        return counts
+
+    def print_trainable_parameters(self) -> None:
+        counts = self.trainable_parameter_counts()
+        width = max(map(len, counts))
+        for part, count in counts.items():
+            print(f"{part:<{width}}  {count:>12,}")
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapters, proxies and head: everything that training changes (the frozen encoders are not stored)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {n: t.detach().cpu().contiguous() for n, t in self.state_dict().items() if n in names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing or unexpected:
+            raise ValueError(
+                f"weights do not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the config (JSON) and the trained weights (safetensors) atomically into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"method": self.method, **self.config.to_dict()}
+        state = self.trainable_state_dict()
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"method": self.method}))
+        atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+
+    @classmethod
+    def config_from_kwargs(cls, encoders, num_classes, **options) -> ModelConfig:
+        names = {f.name for f in fields(cls.config_class)}
+        adapter_options = {k: options.pop(k) for k in ("rank", "alpha", "adapter_dropout") if k in options}
+        if isinstance(options.get("adapter"), str):
+            adapter_options["kind"] = options.pop("adapter")
+        if "adapter_dropout" in adapter_options:
+            adapter_options["dropout"] = adapter_options.pop("adapter_dropout")
+        if adapter_options:
+            options["adapter"] = AdapterConfig(**adapter_options)
+        unknown = set(options) - names
+        if unknown:
+            raise TypeError(
+                f"method {cls.method!r} has no option {', '.join(sorted(unknown))}; "
+                f"its options are {', '.join(sorted(names - {'encoders', 'num_classes'}))}, rank, alpha, adapter_dropout"
+            )
+        return cls.config_class(encoders=encoders, num_classes=num_classes, **options)

@@ -1,0 +1,67 @@
+"""Small randomly initialised encoders saved in the Hugging Face layout, for tests and speed benchmarks.
+
+They go through exactly the loading path of real checkpoints (`from_pretrained(path)` for model and processor),
+so everything but the pretrained weights is exercised without a download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = (
+    "a an the of and with in on is this movie film food dish recipe photo picture image sound music red green blue "
+    "yellow black white small large round square happy sad angry dog cat bird car house tree sweet salty spicy "
+    "chocolate cake pasta salad soup comedy drama horror action love war night day good bad very"
+).split()
+
+
+def _size(hidden_size: int, num_layers: int, heads: int | None) -> dict:
+    return {
+        "hidden_size": hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads or max(1, hidden_size // 32),
+        "intermediate_size": hidden_size * 2,
+    }
+
+
+def save_tiny_encoder(
+    kind: str,
+    directory: str | Path,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    heads: int | None = None,
+    image_size: int = 32,
+    patch_size: int = 16,
+    seed: int = 0,
+    family: str | None = None,
+) -> str:
+    """Save a random encoder of `kind` (text: BERT, image: ViT or `family="clip"`, audio: AST) with its processor."""
+    import transformers as hf
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    size = _size(hidden_size, num_layers, heads)
+    if kind == "text":
+        vocab = directory / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+        hf.BertTokenizer(vocab_file=str(vocab)).save_pretrained(directory)
+        model = hf.BertModel(hf.BertConfig(vocab_size=len(WORDS) + 5, max_position_embeddings=512, **size))
+    elif kind == "image" and family == "clip":
+        model = hf.CLIPVisionModel(hf.CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **size))
+        hf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(directory)
+    elif kind == "image":
+        model = hf.ViTModel(hf.ViTConfig(image_size=image_size, patch_size=patch_size, **size))
+        hf.ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(directory)
+    elif kind == "audio":
+        bins, frames = 32, 64
+        model = hf.ASTModel(
+            hf.ASTConfig(num_mel_bins=bins, max_length=frames, frequency_stride=16, time_stride=16, **size)
+        )
+        hf.ASTFeatureExtractor(num_mel_bins=bins, max_length=frames).save_pretrained(directory)
+    else:
+        raise ValueError(f"no tiny encoder for kind {kind!r} / family {family!r}")
+    model.save_pretrained(directory)
+    return str(directory)

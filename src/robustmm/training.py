@@ -1,0 +1,223 @@
+"""Training and evaluation with `lightning` and `torchmetrics`.
+
+Defaults are the paper's (Table 6): AdamW (eps 1e-8, weight decay 0.02), a polynomial schedule of power 0.9
+after warm-up epochs at 0.1x the learning rate. Checkpoints hold only what training changes (adapters, proxies,
+head) plus optimizer and schedule state, so they stay small with billion-parameter encoders, are written
+atomically by Lightning, and a run started again in the same directory resumes from `last.ckpt`. The model is
+selected on validation, never on test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import multiclass_accuracy, multilabel_f1_score
+
+from .model import MultimodalModel, atomic_write
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.02
+    adam_eps: float = 1e-8
+    warmup_epochs: float = 5
+    warmup_factor: float = 0.1
+    """The learning rate during warm-up is this times `lr` (constant), as the paper describes."""
+    poly_power: float = 0.9
+    seed: int = 0
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    progress_bar: bool = True
+    log_every_n_steps: int = 10
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and below epochs ({self.epochs})")
+
+
+def poly_schedule(total_steps: int, warmup_steps: int, warmup_factor: float, power: float):
+    """Learning-rate multiplier per optimizer step: constant warm-up, then (1 - progress) ** power down to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return warmup_factor
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 1.0 - progress) ** power
+
+    return factor
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> dict[str, float]:
+    """Accuracy for single-label tasks; F1-macro and F1-micro at sigmoid threshold 0.5 for multi-label ones."""
+    if multilabel:
+        labels = labels.int()
+        n = labels.shape[1]
+        return {
+            "f1_macro": float(multilabel_f1_score(logits.sigmoid(), labels, n, threshold=0.5, average="macro")),
+            "f1_micro": float(multilabel_f1_score(logits.sigmoid(), labels, n, threshold=0.5, average="micro")),
+        }
+    return {"accuracy": float(multiclass_accuracy(logits, labels, logits.shape[1], average="micro"))}
+
+
+def selection_metric(multilabel: bool) -> str:
+    return "f1_macro" if multilabel else "accuracy"
+
+
+class LitClassifier(L.LightningModule):
+    """Wraps a `MultimodalModel` for Lightning; its state dict is the model's trainable state only."""
+
+    def __init__(self, model: MultimodalModel, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.trainable_state_dict()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self.model.load_trainable_state_dict(state_dict)
+
+    def training_step(self, batch, batch_index):
+        output = self.model(batch)
+        size = len(batch)
+        self.log("train/loss", output.loss, prog_bar=True, batch_size=size)
+        self.log("train/task_loss", output.task_loss, batch_size=size)
+        self.log("train/align_loss", output.align_loss, batch_size=size)
+        return output.loss
+
+    def validation_step(self, batch, batch_index):
+        output = self.model(batch)
+        self.log("val/loss", output.loss, batch_size=len(batch), sync_dist=True)
+        self._val_logits.append(output.logits.detach())
+        self._val_labels.append(batch.labels)
+
+    def on_validation_epoch_end(self):
+        logits, labels = torch.cat(self._val_logits), torch.cat(self._val_labels)
+        self._val_logits.clear()
+        self._val_labels.clear()
+        for name, value in classification_metrics(logits, labels, self.model.config.multilabel).items():
+            self.log(f"val/{name}", value, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        c = self.config
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        total = self.trainer.estimated_stepping_batches
+        warmup = math.floor(total * c.warmup_epochs / c.epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, poly_schedule(total, warmup, c.warmup_factor, c.poly_power)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def make_loader(model: MultimodalModel, samples: Sequence[dict], batch_size: int, shuffle: bool, num_workers=0, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=model.collator,
+        num_workers=num_workers,
+        generator=generator,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def train(
+    model: MultimodalModel,
+    train_samples: Sequence[dict],
+    val_samples: Sequence[dict] | None = None,
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    **overrides,
+) -> MultimodalModel:
+    """Train `model` on a sequence of samples (a list or a `Dataset`), selecting the best epoch on `val_samples`.
+
+    With `out_dir`, checkpoints and CSV/TensorBoard logs go there, a restarted run resumes from its last
+    checkpoint, and the selected model is saved to `out_dir/model` (`load_model` reads it back).
+    """
+    config = replace(config, **overrides) if config is not None else TrainConfig(**overrides)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = LitClassifier(model, config)
+    metric = f"val/{selection_metric(model.config.multilabel)}"
+    callbacks, loggers = [], False
+    checkpoint = None
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        checkpoint = ModelCheckpoint(
+            dirpath=out_dir / "checkpoints",
+            filename="best",
+            monitor=metric if val_samples is not None else None,
+            mode="max",
+            save_last=True,
+            enable_version_counter=False,
+        )
+        callbacks.append(checkpoint)
+        loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        accumulate_grad_batches=config.accumulate_grad_batches,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_checkpointing=checkpoint is not None,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=config.log_every_n_steps,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+    resume = None
+    if checkpoint is not None and (Path(checkpoint.dirpath) / "last.ckpt").is_file():
+        resume = str(Path(checkpoint.dirpath) / "last.ckpt")
+    trainer.fit(
+        module,
+        make_loader(model, train_samples, config.batch_size, True, config.num_workers, config.seed),
+        None if val_samples is None else make_loader(model, val_samples, config.batch_size, False, config.num_workers),
+        ckpt_path=resume,
+    )
+    if checkpoint is not None and val_samples is not None and checkpoint.best_model_path:
+        best = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=True)
+        model.load_trainable_state_dict(best["state_dict"])
+    if out_dir is not None and trainer.is_global_zero:
+        model.save_pretrained(out_dir / "model")
+        text = json.dumps(asdict(config), indent=2)
+        atomic_write(out_dir / "train_config.json", lambda path: Path(path).write_text(text))
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32) -> dict[str, float]:
+    """Metrics of `model` on labelled samples, whatever modalities each carries."""
+    model.eval()
+    device = model.head.weight.device
+    logits, labels = [], []
+    for batch in make_loader(model, samples, batch_size, shuffle=False):
+        logits.append(model(batch.to(device)).logits.cpu())
+        labels.append(batch.labels)
+    return classification_metrics(torch.cat(logits), torch.cat(labels), model.config.multilabel)

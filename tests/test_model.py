@@ -1,0 +1,253 @@
+"""The model over real `transformers` encoders: adapters, proxy tokens, skipping missing encoders, saving, training."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import robustmm
+from robustmm.adapters import matched_modules
+from robustmm.training import evaluate, train
+
+COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
+WORDS = ["red", "green", "blue"]
+
+
+def make_samples(n, seed=0, with_audio=False):
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        label = int(rng.integers(3))
+        sample = {
+            "id": f"s{seed}-{i}",
+            "image": Image.new("RGB", (32, 32), COLOURS[label]),
+            "text": f"a {WORDS[label]} dog",
+            "label": label,
+        }
+        if with_audio:
+            sample["audio"] = (np.sin(np.arange(8000) * (label + 1) * 0.05) * 0.5).astype(np.float32)
+        samples.append(sample)
+    return samples
+
+
+@pytest.fixture
+def image_text(tiny_encoders):
+    return {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}
+
+
+def count_calls(model):
+    """Record the batch size of every call of each encoder's backbone."""
+    calls = {m: [] for m in model.modalities}
+    for modality, encoder in model.encoders.items():
+        encoder.backbone.register_forward_hook(
+            lambda module, args, kwargs, output, m=modality: calls[m].append(output.last_hidden_state.shape[0]),
+            with_kwargs=True,
+        )
+    return calls
+
+
+def test_fused_feature_follows_eq5_for_every_pattern(image_text):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3).eval()
+    samples = make_samples(3)
+    samples[1]["image"] = None
+    samples[2]["text"] = None
+    out = model(model.collate(samples))
+    c, p = out.cls, out.proxies
+    torch.testing.assert_close(out.fused[0], c["image"][0] + c["text"][0])
+    torch.testing.assert_close(out.fused[1], c["text"][1] + p["text", "image"][1])
+    torch.testing.assert_close(out.fused[2], c["image"][2] + p["image", "text"][2])
+    # rows of samples that lack a modality are zero
+    assert c["image"][1].abs().sum() == 0 and p["image", "text"][1].abs().sum() == 0
+    assert c["text"][2].abs().sum() == 0
+    torch.testing.assert_close(out.logits, model.head(out.fused))
+
+
+def test_only_adapters_proxies_and_head_train(image_text):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n or n.endswith("proxy_tokens") or n.startswith("head.") for n in trainable), trainable
+    counts = model.trainable_parameter_counts()
+    # rank 1 on query, key, value, attention output of 2 layers of width 32: 2 * 4 * (32 + 32) per encoder
+    assert counts["adapters.image"] == counts["adapters.text"] == 2 * 4 * 64
+    assert counts["proxies"] == 2 * 32
+    assert counts["head"] == 32 * 3 + 3
+    lora_layers = {n.rsplit(".lora_", 1)[0] for n in trainable if "lora_" in n}
+    assert len(lora_layers) == 16
+    assert not any("intermediate" in n or "mlp" in n or "pooler" in n or n.endswith("output.dense") and "attention" not in n
+                   for n in lora_layers)
+
+
+@pytest.mark.parametrize(
+    "key,count",
+    [("text", 8), ("image", 8), ("audio", 8), ("clip", 8)],
+)
+def test_default_targets_are_the_four_attention_projections(tiny_encoders, key, count):
+    from transformers import AutoModel
+
+    from robustmm.adapters import ATTENTION_PROJECTIONS
+
+    backbone = AutoModel.from_pretrained(tiny_encoders[key])
+    names = matched_modules(backbone, ATTENTION_PROJECTIONS)
+    assert len(names) == count  # 2 layers x (q, k, v, out)
+    assert not any("mlp" in n or "intermediate" in n or n.endswith("layer.0.output.dense") for n in names)
+
+
+def test_missing_modality_encoder_is_not_run(image_text):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3).eval()
+    calls = count_calls(model)
+    samples = make_samples(5)
+    for i in (1, 3):
+        samples[i]["text"] = None
+    model(model.collate(samples))
+    assert calls == {"image": [5], "text": [3]}
+    for s in samples:
+        s["text"] = None
+    calls["image"].clear(), calls["text"].clear()
+    model(model.collate(samples))
+    assert calls == {"image": [5], "text": []}
+
+
+def test_baseline_encodes_the_placeholder_once_per_step(image_text):
+    model = robustmm.build_model("baseline", encoders=image_text, num_classes=3).eval()
+    calls = count_calls(model)
+    samples = make_samples(4)
+    for s in samples[:3]:
+        s["image"] = None
+    out = model(model.collate(samples))
+    assert calls == {"image": [1, 1], "text": [4]}  # the one real image, then the placeholder once
+    placeholder = model.encode_placeholder("image", torch.device("cpu"))
+    torch.testing.assert_close(out.fused[0], out.cls["text"][0] + placeholder)
+
+
+def test_sample_without_any_modality_is_an_error_naming_it(image_text):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3)
+    samples = make_samples(3)
+    samples[2] = {"id": "empty-one", "image": None, "text": None, "label": 0}
+    with pytest.raises(ValueError, match="sample 2 \\(id 'empty-one'\\) has no modality"):
+        model.collate(samples)
+
+
+def test_bad_inputs_name_the_sample(image_text, tmp_path):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3)
+    samples = make_samples(2)
+    samples[1]["image"] = str(tmp_path / "nowhere.jpg")
+    with pytest.raises(ValueError, match="sample 1 .*nowhere.jpg"):
+        model.collate(samples)
+    samples = make_samples(2)
+    samples[0]["label"] = 7
+    with pytest.raises(ValueError, match="sample 0 .*label 7"):
+        model.collate(samples)
+
+
+@pytest.mark.parametrize("adapter", ["lora", "dora", "vera"])
+def test_save_and_load_round_trip(image_text, tmp_path, adapter):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3, adapter=adapter, seed=1)
+    with torch.no_grad():  # move every trainable tensor away from its initial value
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    samples = make_samples(4)
+    samples[1]["text"] = None
+    samples[2]["image"] = None
+    before = model.predict(samples)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = robustmm.load_model(tmp_path / "saved")
+    assert isinstance(loaded, type(model)) and loaded.config == model.config
+    torch.testing.assert_close(loaded.predict(samples), before, rtol=0, atol=0)
+    fresh = robustmm.build_model("cmpt", encoders=image_text, num_classes=3, adapter=adapter, seed=1)
+    assert not torch.allclose(fresh.predict(samples), before)
+
+
+def test_predict_returns_probabilities_for_any_subset(tiny_encoders):
+    encoders = {"image": tiny_encoders["image"], "text": tiny_encoders["text"], "audio": tiny_encoders["audio"]}
+    model = robustmm.build_model("cmpt", encoders=encoders, num_classes=3)
+    samples = make_samples(7, with_audio=True)
+    for i, keep in enumerate([("image",), ("text",), ("audio",), ("image", "text"), ("image", "audio"),
+                              ("text", "audio"), ("image", "text", "audio")]):
+        for m in encoders:
+            if m not in keep:
+                samples[i][m] = None
+    probabilities = model.predict(samples)
+    assert probabilities.shape == (7, 3)
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(7))
+
+
+def test_modality_dropout_never_empties_a_sample(image_text):
+    model = robustmm.build_model("dropout", encoders=image_text, num_classes=3, modality_dropout_level="sample").train()
+    present = {"image": torch.tensor([1, 1, 0, 1] * 8).bool(), "text": torch.tensor([1, 0, 1, 1] * 8).bool()}
+    seen = set()
+    for _ in range(20):
+        visible = model.drop_modalities(present)
+        both = torch.stack(list(visible.values()))
+        assert both.any(0).all()
+        assert not (both & ~torch.stack(list(present.values()))).any()  # nothing appears that was not there
+        seen.update(tuple(both[:, i].tolist()) for i in range(both.shape[1]))
+    assert seen == {(True, True), (True, False), (False, True)}
+
+
+def test_unknown_option_is_a_clear_error(image_text):
+    with pytest.raises(TypeError, match="no option align_wieght"):
+        robustmm.build_model("cmpt", encoders=image_text, num_classes=3, align_wieght=0.1)
+    with pytest.raises(ValueError, match="unknown method 'cmtp'"):
+        robustmm.build_model("cmtp", encoders=image_text, num_classes=3)
+
+
+def test_video_frames_are_encoded_and_averaged(tiny_encoders):
+    model = robustmm.build_model(
+        "cmpt", encoders={"video": {"name_or_path": tiny_encoders["image"], "num_frames": 3},
+                          "text": tiny_encoders["text"]}, num_classes=3).eval()
+    frame = Image.new("RGB", (32, 32), (10, 200, 90))
+    out = model(model.collate([{"video": [frame] * 5, "text": "a dog"}]))
+    pixels = model.collator.processors["video"].images([frame], ["f"])["pixel_values"]
+    single = model.encoders["video"]({"pixel_values": pixels.unsqueeze(1)})  # one clip of one frame
+    torch.testing.assert_close(out.cls["video"][0], single[0][0], atol=1e-5, rtol=1e-5)
+
+
+def test_multilabel_uses_bce_on_label_lists(image_text):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=4, multilabel=True)
+    samples = make_samples(3)
+    samples[0]["label"], samples[1]["label"], samples[2]["label"] = [0, 2], [1], []
+    batch = model.collate(samples)
+    assert batch.labels.tolist() == [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    out = model(batch)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels)
+    torch.testing.assert_close(out.task_loss, expected)
+
+
+def test_short_training_lowers_the_loss(image_text, tmp_path):
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3)
+    train_samples, val_samples = make_samples(48, seed=1), make_samples(24, seed=2)
+    model.eval()
+    before = torch.stack([model(model.collate(train_samples[i:i + 8])).loss for i in range(0, 48, 8)]).mean()
+    train(model, train_samples, val_samples, epochs=4, warmup_epochs=1, batch_size=8, lr=1e-2,
+          out_dir=tmp_path / "run", progress_bar=False)
+    model.eval()
+    after = torch.stack([model(model.collate(train_samples[i:i + 8])).loss for i in range(0, 48, 8)]).mean()
+    assert after < 0.7 * before
+    assert evaluate(model, val_samples)["accuracy"] > 0.6
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    reloaded = robustmm.load_model(tmp_path / "run" / "model")
+    torch.testing.assert_close(reloaded.predict(val_samples), model.predict(val_samples))
+
+
+def test_minilm_cls_matches_the_plain_encoder_and_masks_padding(minilm_path):
+    """Real pretrained weights: without proxies and with fresh (zero-effect) LoRA, CLS equals the plain model's;
+    with proxies, padding does not change a sample's features (the mask is extended correctly)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    plain = AutoModel.from_pretrained(minilm_path).eval()
+    tokens = AutoTokenizer.from_pretrained(minilm_path)("a photo of a dog", return_tensors="pt")
+    expected = plain(**tokens).last_hidden_state[:, 0]
+    image_free = {"text": minilm_path, "other": {"name_or_path": minilm_path, "kind": "text"}}
+    baseline = robustmm.build_model("baseline", encoders=image_free, num_classes=2, adapter_dropout=0.0).eval()
+    cls, _ = baseline.encoders["text"](baseline.collator.processors["text"](["a photo of a dog"], ["s"]))
+    torch.testing.assert_close(cls, expected, atol=1e-5, rtol=1e-5)
+
+    cmpt = robustmm.build_model("cmpt", encoders=image_free, num_classes=2).eval()
+    texts = ["a photo of a dog", "a much longer sentence about a cat sitting on a warm window sill"]
+    together = cmpt(cmpt.collate([{"text": t} for t in texts]))
+    alone = cmpt(cmpt.collate([{"text": texts[0]}]))
+    torch.testing.assert_close(together.cls["text"][0], alone.cls["text"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together.proxies["text", "other"][0], alone.proxies["text", "other"][0],
+                               atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(alone.cls["text"][0], expected[0], atol=1e-3)  # the proxy token is attended to
