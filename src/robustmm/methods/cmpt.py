@@ -106,6 +106,8 @@ def alignment_loss(cls, proxies, present, modalities, denominator="paper", detac
 
 @register_method("cmpt")
 class CMPT(MultimodalModel):
+    """Cross-modal proxy tokens: a missing modality's class token is approximated from the available ones."""
+
     config_class = CMPTConfig
 
     def num_proxies(self, modality: str) -> int:

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install robustmm with its test and demo extras into it. Idempotent.
+# TORCH_SPEC picks the PyTorch build; the default is the CPU build that the tests and the demo need.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+.venv/bin/python -m pip install --quiet -e ".[test,demo]"
