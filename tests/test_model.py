@@ -1,5 +1,8 @@
 """The model over real `transformers` encoders: adapters, proxy tokens, skipping missing encoders, saving, training."""
 
+import csv
+
+import lightning
 import numpy as np
 import pytest
 import torch
@@ -251,3 +254,35 @@ def test_minilm_cls_matches_the_plain_encoder_and_masks_padding(minilm_path):
     torch.testing.assert_close(together.proxies["text", "other"][0], alone.proxies["text", "other"][0],
                                atol=1e-5, rtol=1e-5)
     assert not torch.allclose(alone.cls["text"][0], expected[0], atol=1e-3)  # the proxy token is attended to
+
+
+class StopBeforeEpoch(lightning.Callback):
+    """Simulates a run killed after `epoch` epochs have been checkpointed."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+def test_a_killed_run_resumes_to_the_same_model(image_text, tmp_path):
+    train_samples, val_samples = make_samples(40, seed=3), make_samples(16, seed=4)
+    options = dict(epochs=3, warmup_epochs=1, batch_size=8, lr=1e-2, progress_bar=False)
+
+    def fresh():
+        return robustmm.build_model("cmpt", encoders=image_text, num_classes=3, seed=5)
+
+    straight = train(fresh(), train_samples, val_samples, out_dir=tmp_path / "straight", **options)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(fresh(), train_samples, val_samples, out_dir=tmp_path / "resumed", callbacks=[StopBeforeEpoch(2)],
+              **options)
+    assert not (tmp_path / "resumed" / "model").exists()
+    resumed = train(fresh(), train_samples, val_samples, out_dir=tmp_path / "resumed", **options)
+    torch.testing.assert_close(resumed.predict(val_samples), straight.predict(val_samples))
+    def validated_epochs(version):
+        rows = csv.DictReader((tmp_path / "resumed" / "logs" / version / "metrics.csv").open())
+        return sorted(int(row["epoch"]) for row in rows if row["val/accuracy"])
+
+    assert validated_epochs("version_0") == [0, 1] and validated_epochs("version_1") == [2]  # both attempts kept

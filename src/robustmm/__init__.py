@@ -6,6 +6,7 @@ from .encoders import EncoderConfig
 from .model import ModelConfig, ModelOutput, MultimodalModel
 from .processing import Batch
 from .registry import build_model, list_methods, load_model, register_method
+from .training import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -15,9 +16,12 @@ __all__ = [
     "EncoderConfig",
     "ModelConfig",
     "ModelOutput",
+    "TrainConfig",
     "MultimodalModel",
     "build_model",
+    "evaluate",
     "list_methods",
     "load_model",
     "register_method",
+    "train",
 ]

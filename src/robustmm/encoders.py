@@ -9,6 +9,7 @@ model takes one, is extended by k ones in front.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,11 @@ class EncoderConfig:
     """Video: frames encoded per clip; their CLS and proxy outputs are averaged (paper: 3)."""
     target_modules: str | list[str] | None = None
     """Adapter targets; None means the query, key, value and attention-output projections of every layer."""
+
+    def __post_init__(self):
+        # A local folder is recorded absolutely, so a saved model loads from any working directory.
+        if Path(self.name_or_path).exists():
+            self.name_or_path = str(Path(self.name_or_path).resolve())
 
     def resolve_kind(self, modality: str) -> str:
         if self.kind is not None:

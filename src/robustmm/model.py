@@ -56,8 +56,9 @@ class ModelConfig:
             self.adapter = AdapterConfig(**self.adapter)
         if not self.encoders:
             raise ValueError("at least one encoder is needed")
-        if self.num_classes < 1 if self.multilabel else self.num_classes < 2:
-            raise ValueError(f"num_classes={self.num_classes} is too small for this task")
+        fewest = 1 if self.multilabel else 2
+        if self.num_classes < fewest:
+            raise ValueError(f"num_classes={self.num_classes}: this task needs at least {fewest} classes")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
         if self.modality_dropout not in MODALITY_DROPOUT:
@@ -141,7 +142,7 @@ class MultimodalModel(nn.Module):
                 )
             self.hidden_size = next(iter(sizes.values()))
             self.head = nn.Linear(self.hidden_size, config.num_classes)
-        self._dropout_rng = random.Random(config.seed)
+        self.dropout_rng = random.Random(config.seed)
         self._placeholder_inputs: dict[str, dict[str, torch.Tensor]] = {}
 
     # ----- what a method decides -------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class MultimodalModel(nn.Module):
             patterns = [set(c) for r in range(1, len(names) + 1) for c in itertools.combinations(names, r)]
         size = len(next(iter(present.values())))
         draws = 1 if self.config.modality_dropout_level == "batch" else size
-        chosen = [self._dropout_rng.choice(patterns) for _ in range(draws)]
+        chosen = [self.dropout_rng.choice(patterns) for _ in range(draws)]
         device = next(iter(present.values())).device
         keep = {m: torch.tensor([m in c for c in chosen], device=device).expand(size) for m in names}
         visible = {m: present[m] & keep[m] for m in names}

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torchmetrics.functional.classification import multiclass_accuracy, multilabel_f1_score
 
 from .model import MultimodalModel, atomic_write
@@ -98,6 +98,16 @@ class LitClassifier(L.LightningModule):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         self.model.load_trainable_state_dict(state_dict)
 
+    def on_save_checkpoint(self, checkpoint):
+        # Random state that training consumes (modality dropout, adapter dropout), so that a resumed run
+        # continues exactly as an uninterrupted one would.
+        checkpoint["modality_dropout_rng"] = self.model.dropout_rng.getstate()
+        checkpoint["torch_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.model.dropout_rng.setstate(checkpoint["modality_dropout_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+
     def training_step(self, batch, batch_index):
         output = self.model(batch)
         size = len(batch)
@@ -131,15 +141,43 @@ class LitClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+class EpochShuffle(Sampler):
+    """A permutation drawn from (seed, epoch), sharded by rank under DDP.
+
+    Lightning sets the epoch, so a resumed run visits the samples in the same order as an uninterrupted one. Each
+    rank takes every world-size-th index of the (padded) permutation.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self._rank_world()[1])
+
+    def __iter__(self):
+        rank, world = self._rank_world()
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        order += order[: len(self) * world - self.size]
+        return iter(order[rank::world])
+
+
 def make_loader(model: MultimodalModel, samples: Sequence[dict], batch_size: int, shuffle: bool, num_workers=0, seed=0):
-    generator = torch.Generator().manual_seed(seed)
+    """Training loaders shuffle with `EpochShuffle`; evaluation loaders keep the order and are not sharded."""
     return DataLoader(
         samples,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=EpochShuffle(len(samples), seed) if shuffle else None,
         collate_fn=model.collator,
         num_workers=num_workers,
-        generator=generator,
         persistent_workers=num_workers > 0,
     )
 
@@ -150,6 +188,7 @@ def train(
     val_samples: Sequence[dict] | None = None,
     config: TrainConfig | None = None,
     out_dir: str | Path | None = None,
+    callbacks: list | None = None,
     **overrides,
 ) -> MultimodalModel:
     """Train `model` on a sequence of samples (a list or a `Dataset`), selecting the best epoch on `val_samples`.
@@ -161,7 +200,7 @@ def train(
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = LitClassifier(model, config)
     metric = f"val/{selection_metric(model.config.multilabel)}"
-    callbacks, loggers = [], False
+    callbacks, loggers = list(callbacks or []), False
     checkpoint = None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -174,7 +213,8 @@ def train(
             enable_version_counter=False,
         )
         callbacks.append(checkpoint)
-        loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+        # One version folder per attempt: a resumed run adds logs/version_1 and keeps what the first attempt wrote.
+        loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")]
     trainer = L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
@@ -190,7 +230,7 @@ def train(
         enable_model_summary=False,
         log_every_n_steps=config.log_every_n_steps,
         num_sanity_val_steps=0,
-        deterministic=False,
+        use_distributed_sampler=False,  # EpochShuffle shards training; every rank validates on the whole split
     )
     resume = None
     if checkpoint is not None and (Path(checkpoint.dirpath) / "last.ckpt").is_file():
