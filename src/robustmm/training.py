@@ -20,8 +20,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Sampler
-from torchmetrics.functional.classification import multiclass_accuracy, multilabel_f1_score
 
+from .metrics import compute_metrics, default_metrics
 from .model import MultimodalModel, atomic_write
 
 
@@ -46,6 +46,8 @@ class TrainConfig:
     accumulate_grad_batches: int = 1
     progress_bar: bool = True
     log_every_n_steps: int = 10
+    metrics: list[str] | None = None
+    """Validation metrics (see `robustmm.metrics`); the first selects the checkpoint. None: the task's default."""
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -64,22 +66,6 @@ def poly_schedule(total_steps: int, warmup_steps: int, warmup_factor: float, pow
         return max(0.0, 1.0 - progress) ** power
 
     return factor
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, multilabel: bool) -> dict[str, float]:
-    """Accuracy for single-label tasks; F1-macro and F1-micro at sigmoid threshold 0.5 for multi-label ones."""
-    if multilabel:
-        labels = labels.int()
-        n = labels.shape[1]
-        return {
-            "f1_macro": float(multilabel_f1_score(logits.sigmoid(), labels, n, threshold=0.5, average="macro")),
-            "f1_micro": float(multilabel_f1_score(logits.sigmoid(), labels, n, threshold=0.5, average="micro")),
-        }
-    return {"accuracy": float(multiclass_accuracy(logits, labels, logits.shape[1], average="micro"))}
-
-
-def selection_metric(multilabel: bool) -> str:
-    return "f1_macro" if multilabel else "accuracy"
 
 
 class LitClassifier(L.LightningModule):
@@ -126,7 +112,7 @@ class LitClassifier(L.LightningModule):
         logits, labels = torch.cat(self._val_logits), torch.cat(self._val_labels)
         self._val_logits.clear()
         self._val_labels.clear()
-        for name, value in classification_metrics(logits, labels, self.model.config.multilabel).items():
+        for name, value in compute_metrics(logits, labels, self.model.config.multilabel, self.config.metrics).items():
             self.log(f"val/{name}", value, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
@@ -199,7 +185,7 @@ def train(
     config = replace(config, **overrides) if config is not None else TrainConfig(**overrides)
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = LitClassifier(model, config)
-    metric = f"val/{selection_metric(model.config.multilabel)}"
+    metric = f"val/{(config.metrics or default_metrics(model.config.multilabel))[0]}"
     callbacks, loggers = list(callbacks or []), False
     checkpoint = None
     if out_dir is not None:
@@ -252,12 +238,18 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32) -> dict[str, float]:
-    """Metrics of `model` on labelled samples, whatever modalities each carries."""
+def predict_logits(model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, num_workers: int = 0):
+    """Logits and labels of labelled samples, whatever modalities each carries."""
     model.eval()
     device = model.head.weight.device
     logits, labels = [], []
-    for batch in make_loader(model, samples, batch_size, shuffle=False):
+    for batch in make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers):
         logits.append(model(batch.to(device)).logits.cpu())
         labels.append(batch.labels)
-    return classification_metrics(torch.cat(logits), torch.cat(labels), model.config.multilabel)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def evaluate(model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, metrics=None) -> dict[str, float]:
+    """Metrics of `model` on labelled samples (default: accuracy, or F1 macro/micro for multi-label)."""
+    logits, labels = predict_logits(model, samples, batch_size)
+    return compute_metrics(logits, labels, model.config.multilabel, metrics)
