@@ -1,0 +1,83 @@
+"""MM-IMDb (Arevalo et al. 2017): movie posters and plots, 23 genres, multi-label."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from ..base import DatasetError, MultimodalDataset, Record, existing
+from ..registry import register_dataset
+
+GENRES = (
+    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary", "Mystery",
+    "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical", "Western",
+    "Sport", "Short", "Film-Noir",
+)  # fmt: skip
+"""The 23 genres in the order of MAP's `write_mmimdb.py` (its multi-hot label columns)."""
+PLOT_MODES = ("first", "join", "each")
+SPLIT_KEYS = {"train": ("train",), "val": ("dev", "val"), "test": ("test",)}
+
+
+def plot_texts(plots, mode: str) -> list:
+    """The texts one movie contributes: its first plot, all plots joined, or each plot as its own sample."""
+    if mode not in PLOT_MODES:
+        raise ValueError(f"plots must be one of {', '.join(PLOT_MODES)}, got {mode!r}")
+    plots = [plots] if isinstance(plots, str) else [p for p in plots or [] if isinstance(p, str) and p.strip()]
+    texts = {"first": plots[:1], "join": [" ".join(plots)] if plots else [], "each": plots}[mode]
+    return texts or [None]
+
+
+@register_dataset("mmimdb")
+class MMIMDb(MultimodalDataset):
+    """MM-IMDb from the raw layout (MAP's DATA.md, or the original archive's single `dataset/` folder).
+
+    `plots`: "first" (default: one sample per movie, the paper's 15552/2608/7799), "join" (all plots in one
+    text) or "each" (one sample per plot, as MAP and MoRA evaluate; a movie's plots share its missing
+    modalities). Genres outside the 23 (News, Adult, Reality-TV, Talk-Show in 27-genre lists) are ignored as in
+    MAP and counted in `notes`. A movie without poster file has a really missing image.
+    """
+
+    layout = "split.json (train/dev/test id lists); images/<id>.jpeg + labels/<id>.json (plot list, genres), or both in dataset/"
+    modalities = {"image": "image", "text": "text"}
+    class_names = GENRES
+    multilabel = True
+
+    def __init__(self, root, split="train", *, plots: str = "first", **options):
+        plot_texts([], plots)
+        self.plots = plots
+        super().__init__(root, split, **options)
+
+    def read_records(self):
+        split_file = self.root / "split.json"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"{self.where(str(self.root))}: no split.json (layout: {self.layout})")
+        lists = json.loads(split_file.read_text())
+        key = next((k for k in SPLIT_KEYS[self.split] if k in lists), None)
+        if key is None:
+            raise DatasetError(f"{self.where('split.json')}: no {' or '.join(SPLIT_KEYS[self.split])} list")
+        image_dir = existing(self.root / "images") or self.root / "dataset"
+        label_dir = existing(self.root / "labels") or self.root / "dataset"
+        ignored = Counter()
+        for position, movie in enumerate(lists[key]):
+            movie, origin = str(movie), f"split.json {key}[{position}]"
+            label_file = label_dir / f"{movie}.json"
+            try:
+                meta = json.loads(label_file.read_text())
+            except (OSError, ValueError) as error:
+                self.reject(origin, f"cannot read {label_file}: {error}", movie)
+                continue
+            genres = meta.get("genres") or []
+            ignored.update(g for g in genres if g not in GENRES)
+            image = existing(image_dir / f"{movie}.jpeg") or existing(image_dir / f"{movie}.jpg")
+            texts = plot_texts(meta.get("plot"), self.plots)
+            for number, text in enumerate(texts):
+                yield Record(
+                    id=f"{movie}/{number}" if self.plots == "each" else movie,
+                    label=[g for g in genres if g in GENRES],
+                    sources={"image": image, "text": text},
+                    origin=origin,
+                    group=movie if self.plots == "each" else None,
+                )
+        if ignored:
+            listed = ", ".join(f"{genre} ({count})" for genre, count in ignored.most_common())
+            self.notes.append(f"genres outside the 23 classes ignored, as in MAP: {listed}")

@@ -1,0 +1,84 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoModel, AutoTokenizer
+
+from robustmm.data.demo_encoders import demo_encoder_paths
+from robustmm.data.synthetic import SyntheticBenchmark
+
+PROBE_SAMPLES = 200
+HIDDEN_SIZE = 384
+
+
+@pytest.fixture(scope="module")
+def paths():
+    return demo_encoder_paths()
+
+
+@pytest.fixture(scope="module")
+def benchmark_splits():
+    benchmark = SyntheticBenchmark(modalities=("image", "audio"))
+    return benchmark.sample(PROBE_SAMPLES, "train"), benchmark.sample(PROBE_SAMPLES, "val")
+
+
+def test_paths_point_at_the_three_encoders(paths, minilm_path):
+    assert set(paths) == {"image", "text", "audio"}
+    assert paths["text"] == minilm_path
+    for path in paths.values():
+        assert (Path(path) / "config.json").is_file()
+
+
+def test_weights_are_small_float16_and_load_as_float32(paths):
+    for modality in ("image", "audio"):
+        directory = Path(paths[modality])
+        assert json.loads((directory / "config.json").read_text())["dtype"] == "float16"
+        assert (directory / "model.safetensors").stat().st_size < 8 * 2**20
+        model = AutoModel.from_pretrained(directory, dtype=torch.float32)
+        assert model.config.hidden_size == HIDDEN_SIZE
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_minilm_encodes_text(paths):
+    tokenizer = AutoTokenizer.from_pretrained(paths["text"])
+    model = AutoModel.from_pretrained(paths["text"], dtype=torch.float32).eval()
+    texts = SyntheticBenchmark(modalities=("text",)).sample(3, "train")
+    inputs = tokenizer([s["text"] for s in texts], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**inputs).last_hidden_state
+    assert hidden.shape == (3, inputs["input_ids"].shape[1], HIDDEN_SIZE)
+
+
+def cls_features(modality: str, path: str, samples: list[dict]) -> np.ndarray:
+    """CLS features of the frozen encoder, with inputs prepared by its own saved processor."""
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    if modality == "image":
+        processor = AutoImageProcessor.from_pretrained(path)
+        assert processor.size == {"height": 32, "width": 32}
+        inputs = processor(images=[s["image"] for s in samples], return_tensors="pt")
+        assert inputs["pixel_values"].shape == (len(samples), 3, 32, 32)
+    else:
+        extractor = AutoFeatureExtractor.from_pretrained(path)
+        assert (extractor.num_mel_bins, extractor.max_length) == (model.config.num_mel_bins, model.config.max_length)
+        assert extractor.sampling_rate == 16000 and extractor.do_normalize
+        inputs = extractor([s["audio"] for s in samples], sampling_rate=16000, return_tensors="pt")
+        assert inputs["input_values"].shape == (len(samples), model.config.max_length, model.config.num_mel_bins)
+    with torch.no_grad():
+        hidden = model(**inputs).last_hidden_state
+    assert hidden.shape[0] == len(samples) and hidden.shape[-1] == HIDDEN_SIZE
+    return hidden[:, 0].numpy()
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
+def test_cls_features_predict_the_class(paths, benchmark_splits, modality):
+    """A linear probe on 200 train samples beats chance (1/8) by far on 200 val samples."""
+    train, val = benchmark_splits
+    train_features, val_features = (cls_features(modality, paths[modality], split) for split in (train, val))
+    scaler = StandardScaler().fit(train_features)
+    probe = LogisticRegression(C=0.1, max_iter=2000).fit(scaler.transform(train_features), [s["label"] for s in train])
+    accuracy = probe.score(scaler.transform(val_features), [s["label"] for s in val])
+    assert accuracy > 0.4, f"{modality} probe accuracy {accuracy:.3f}"
