@@ -82,6 +82,31 @@ def hold_out(ids: Iterable[str], fraction: float, salt: str = "val") -> set[str]
     return set(ranked[: round(fraction * len(ranked))])
 
 
+def split_off_validation(records: Iterable[Record], split: str, fraction: float) -> Iterable[Record]:
+    """The records of `split` when the dataset lists only training data for both 'train' and 'val': 'val' is the
+    `hold_out` fraction of the training list, 'train' the rest. Records sharing a group stay together."""
+
+    def key(record) -> str:
+        return getattr(record, "group", None) or record.id
+
+    records = list(records)
+    held = hold_out({key(record) for record in records}, fraction)
+    return [record for record in records if (key(record) in held) == (split == "val")]
+
+
+def classes_from_labels(labels: Iterable) -> tuple[str, ...]:
+    """A class list for data that ships none: the sorted label names, or '0'..'N-1' when every label is an index
+    (so that an index keeps its meaning). Multi-label values (lists or '|'-joined strings) count each label."""
+    names = set()
+    for label in labels:
+        values = label.split("|") if isinstance(label, str) else label
+        values = values if isinstance(values, (list, tuple)) else [values]
+        names.update(str(value).strip() for value in values if str(value).strip())
+    if names and all(name.isdigit() for name in names):
+        return tuple(str(index) for index in range(max(int(name) for name in names) + 1))
+    return tuple(sorted(names))
+
+
 def load_image(reference) -> Image.Image:
     source = io.BytesIO(reference) if isinstance(reference, (bytes, bytearray)) else reference
     with Image.open(source) as image:
@@ -148,6 +173,8 @@ class MultimodalDataset(Dataset):
     """Modality name -> kind (text / image / audio / video), in the order the missing type 'both' refers to."""
     class_names: tuple[str, ...] = ()
     multilabel: bool = False
+    metrics: tuple[str, ...] = ("accuracy",)
+    """The metrics this dataset is reported with (names of `robustmm.metrics`); the first selects the checkpoint."""
 
     def __init__(
         self,
@@ -203,7 +230,12 @@ class MultimodalDataset(Dataset):
             if path.suffix == ".csv":
                 reader = csv.DictReader(handle)
                 for row in reader:
-                    yield f"{path.name} line {reader.line_num}", row
+                    origin = f"{path.name} line {reader.line_num}"
+                    if None in row or None in row.values():
+                        fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
+                        self.reject(origin, f"has {fields} fields, the header has {len(reader.fieldnames)}")
+                        continue
+                    yield origin, row
                 return
             for number, line in enumerate(handle, 1):
                 if not line.strip():
@@ -344,6 +376,12 @@ class MultimodalDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def text_lengths(self) -> list[int]:
+        """Characters of inline text per sample, read from the records (nothing is loaded): the cue of the
+        trainer's `group_by_length`."""
+        texts = [m for m, kind in self.modalities.items() if kind == "text"]
+        return [sum(len(r.sources[m]) for m in texts if isinstance(r.sources.get(m), str)) for r in self.records]
+
     def real_availability(self) -> np.ndarray:
         """`[n, modalities]` bools: which modalities each sample really has."""
         return np.array([[r.sources.get(m) is not None for m in self.modalities] for r in self.records], bool)
@@ -393,6 +431,9 @@ class ProtocolView(Dataset):
     def modalities(self) -> dict[str, str]:
         return self.dataset.modalities
 
+    def text_lengths(self) -> list[int]:
+        return self.dataset.text_lengths()
+
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.dataset.class_names
@@ -404,6 +445,10 @@ class ProtocolView(Dataset):
     @property
     def multilabel(self) -> bool:
         return self.dataset.multilabel
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.dataset.metrics
 
     @property
     def split(self) -> str:

@@ -63,58 +63,26 @@ def render_image(colour: int, shape: int, beats: int, size: int, rng: np.random.
 
 # ----------------------------------------------------------------------------------------------------- text
 
-SHAPE_ADJECTIVES = (
-    ("round", "circular", "disc-shaped", "ball-like", "perfectly round"),
+SHAPE_WORDS = (
+    ("round", "circular", "disc-shaped", "ball-like", "coin-shaped"),
     ("square", "boxy", "cube-like", "block-shaped", "four-sided"),
-    ("triangular", "three-cornered", "wedge-shaped", "pyramid-like", "pointy triangular"),
-    ("cross-shaped", "plus-shaped", "cruciform", "plus-like", "four-armed"),
+    ("triangular", "three-cornered", "wedge-shaped", "pyramid-like", "tent-shaped"),
+    ("cross-shaped", "plus-shaped", "cruciform", "four-armed", "x-shaped"),
 )
-SHAPE_CLAUSES = (
-    ("it is shaped like a coin", "its outline is a circle", "it looks like a little ball", "it has no corners at all"),
-    ("it has four equal sides", "its outline is a square", "it looks like a small box", "it is shaped like a dice"),
-    ("it has three corners", "it is shaped like a slice of pizza", "its outline is a triangle",
-     "it looks like a tiny tent"),
-    ("it looks like a plus sign", "its arms form a cross", "it is shaped like a first-aid cross",
-     "it has four arms sticking out"),
+TASTE_WORDS = (
+    ("sweet", "sugary", "honeyed", "candy-flavoured", "syrupy"),
+    ("sour", "tart", "tangy", "lemony", "vinegary"),
+    ("salty", "briny", "salted", "sea-salty", "savoury"),
+    ("bitter", "acrid", "coffee-bitter", "harsh-tasting", "burnt-tasting"),
 )
-TASTE_ADJECTIVES = (
-    ("sweet", "sugary", "honeyed", "candy-flavoured"),
-    ("sour", "tart", "tangy", "lemony"),
-    ("salty", "briny", "salted", "sea-salty"),
-    ("bitter", "acrid", "coffee-bitter", "harsh-tasting"),
-)
-TASTE_CLAUSES = (
-    ("it tastes sweet", "it is sugary", "it has a honeyed flavour", "it tastes like candy", "it is sweet as syrup"),
-    ("it tastes sour", "it is tart", "it has a tangy, lemony bite", "it tastes like vinegar", "it makes you pucker"),
-    ("it tastes salty", "it is briny", "it tastes like sea water", "it is full of salt", "it tastes of salted crisps"),
-    ("it tastes bitter", "it is acrid", "it tastes like strong black coffee", "it has a harsh bitter flavour",
-     "it tastes like burnt toast"),
-)
-PITCH_CLAUSES = (
-    ("it hums in a deep voice", "it makes a low rumble", "its sound is a booming bass note",
-     "it drones at a low pitch", "it growls like a big engine"),
-    ("it makes a mellow mid-range tone", "it hums at a medium pitch", "its voice is neither high nor low",
-     "it sounds like an ordinary speaking voice", "it gives off a moderate, middle tone"),
-    ("it chirps at a high pitch", "it makes a high tone", "it sings like a small bird",
-     "its sound is bright and high", "it beeps fairly high"),
-    ("it lets out a shrill whistle", "it squeals at a piercing pitch", "it makes an ear-splitting squeak",
-     "its sound is a piercing whine like a mosquito", "it shrieks at an extremely high pitch"),
+PITCH_PHRASES = (
+    ("that hums low", "with a deep rumble", "with a booming bass note", "that growls", "with a low drone"),
+    ("with a mellow tone", "that hums mid-range", "with a moderate voice", "with a middle tone", "that speaks evenly"),
+    ("that chirps", "with a high tone", "that sings like a bird", "with a bright beep", "that tweets"),
+    ("with a shrill whistle", "that squeals", "with a piercing whine", "that shrieks", "with an ear-splitting squeak"),
 )
 NOUNS = ("thing", "object", "gadget", "item", "toy", "trinket", "widget", "contraption", "knick-knack")
-OPENERS = (
-    "This is a", "Here we have a", "I found a", "Look at this", "Someone left a", "There is a", "My neighbour owns a",
-    "We were given a", "Meet the", "Behold a",
-)
-SETTINGS = (
-    "", "", "", " in the kitchen", " at the market", " from the attic", " on the shelf", " in a shoebox",
-    " from the fair", " near the window",
-)
-CONNECTORS = ("; ", ", and ", ". Also, ", ". On top of that, ", "; moreover, ", ", while ")
-FILLERS = ("", "", "", "honestly, ", "apparently ", "I think ", "as far as I can tell, ", "to be fair, ")
-NOTHING = (
-    "Nothing else stands out about it.", "That is all anyone noticed.", "No other details were given.",
-    "It is rather unremarkable otherwise.",
-)
+OPENERS = ("A", "This is a", "Here is a", "I found a", "Look at this", "There is a", "Meet the", "We got a", "Behold a")
 
 
 def _pick(options, rng: np.random.Generator) -> str:
@@ -122,34 +90,19 @@ def _pick(options, rng: np.random.Generator) -> str:
 
 
 def render_text(taste: int, shape: int, pitch: int, rng: np.random.Generator) -> str:
-    """One or two sentences in varied wording; an OMITTED attribute is simply not mentioned."""
-    adjectives, clauses = [], []
-    if shape != OMITTED:
-        if rng.random() < 0.6:
-            adjectives.append(_pick(SHAPE_ADJECTIVES[shape], rng))
-        else:
-            clauses.append(_pick(SHAPE_CLAUSES[shape], rng))
-    if taste != OMITTED:
-        if rng.random() < 0.3:
-            adjectives.append(_pick(TASTE_ADJECTIVES[taste], rng))
-        else:
-            clauses.append(_pick(TASTE_CLAUSES[taste], rng))
-    if pitch != OMITTED:
-        clauses.append(_pick(PITCH_CLAUSES[pitch], rng))
+    """One short sentence in varied wording (synonyms, word order, opener, noun): short, because the text
+    encoder's cost grows with every token. An OMITTED attribute is simply not mentioned."""
+    adjectives = [_pick(words[value], rng) for words, value in ((SHAPE_WORDS, shape), (TASTE_WORDS, taste))
+                  if value != OMITTED]
     rng.shuffle(adjectives)
-    rng.shuffle(clauses)
-
     noun_phrase = " ".join([", ".join(adjectives), _pick(NOUNS, rng)]).strip()
     opener = _pick(OPENERS, rng)
     if opener.endswith(" a") and noun_phrase[0] in "aeiou":
         opener += "n"
-    text = f"{opener} {noun_phrase}{_pick(SETTINGS, rng)}"
-    if not clauses:
-        return f"{text}. {_pick(NOTHING, rng)}"
-    body = clauses[0]
-    for clause in clauses[1:]:
-        body += _pick(CONNECTORS, rng) + clause
-    return f"{text}: {_pick(FILLERS, rng)}{body}."
+    if opener == "A" and noun_phrase[0] in "aeiou":
+        opener = "An"
+    pitch_phrase = "" if pitch == OMITTED else " " + _pick(PITCH_PHRASES[pitch], rng)
+    return f"{opener} {noun_phrase}{pitch_phrase}."
 
 
 # ---------------------------------------------------------------------------------------------------- audio
