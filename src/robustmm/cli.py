@@ -1,4 +1,4 @@
-"""The `robustmm` command line: `demo`, `train`, `bench`, `methods` and `data`."""
+"""The `robustmm` command line: `demo`, `train`, `evaluate`, `bench`, `methods` and `data`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the terminal for our own progress bars and tables: no weight-loading bars, no library chatter."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import logging
@@ -43,6 +43,91 @@ def _methods(args) -> None:
         print(f"{name:<10} {doc[0] if doc else ''}")
 
 
+TRAIN_FLAGS = {
+    "dataset": "dataset.name",
+    "root": "dataset.root",
+    "method": "model.method",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "train_missing_rate": "protocol.train_missing_rate",
+    "val_missing_rate": "protocol.val_missing_rate",
+    "test_missing_rate": "protocol.test_missing_rate",
+    "missing_type": "protocol.missing_type",
+    "both_ratio": "protocol.both_ratio",
+    "protocol_seed": "protocol.seed",
+    "accelerator": "train.accelerator",
+    "devices": "train.devices",
+    "num_nodes": "train.num_nodes",
+    "strategy": "train.strategy",
+    "precision": "train.precision",
+    "out": "out",
+}
+"""Flags of `robustmm train` and the config keys they set."""
+ENCODER_FLAGS = ("image", "text", "audio", "video")
+
+
+def train_overrides(args) -> list[tuple[str, object, str]]:
+    """(key, value, origin) overrides from the flags, then `--set`s in order: later ones win."""
+    from .config import parse_assignment
+
+    overrides = []
+    if args.missing_rate is not None:
+        for split in ("train", "val", "test"):
+            overrides.append((f"protocol.{split}_missing_rate", args.missing_rate, "--missing-rate"))
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append((key, value, f"--{flag.replace('_', '-')}"))
+    for modality in ENCODER_FLAGS:
+        value = getattr(args, f"{modality}_encoder")
+        if value is not None:
+            overrides.append((f"model.encoders.{modality}", value, f"--{modality}-encoder"))
+    if args.no_progress:
+        overrides.append(("train.progress_bar", False, "--no-progress"))
+    for assignment in args.set:
+        key, value = parse_assignment(assignment)
+        overrides.append((key, value, f"--set {assignment}"))
+    return overrides
+
+
+def _train(args) -> None:
+    from .config import load_config
+    from .runs import train_run
+
+    train_run(load_config(args.config, train_overrides(args)))
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated missing rates in [0, 1], got {text!r}") from None
+    if not rates or any(not 0.0 <= rate <= 1.0 for rate in rates):
+        raise argparse.ArgumentTypeError(f"expected comma-separated missing rates in [0, 1], got {text!r}")
+    return rates
+
+
+def _evaluate(args) -> None:
+    import json
+    from pathlib import Path
+
+    from .evaluation import evaluate_runs, format_table, log_to_stderr
+    from .model import atomic_write
+
+    scenarios = [s for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
+    report = evaluate_runs(
+        args.run_dirs, scenarios, args.rates, args.root, args.batch_size, args.split, log=log_to_stderr
+    )
+    text = json.dumps(report, indent=2)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda path: Path(path).write_text(text))
+    print(text if args.json else format_table(report))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robustmm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int)
     demo.add_argument("--train-size", type=int)
     demo.add_argument("--test-size", type=int)
+    demo.add_argument("--batch-size", type=int)
+    demo.add_argument("--lr", type=float)
+    demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
+    demo.add_argument("--precision", help="bf16-mixed (default) or 32-true")
     demo.add_argument("--align-weight", type=float, help="CMPT lambda (paper: 0.2; 0 ablates the alignment)")
     demo.add_argument("--align-denominator", choices=["paper", "symmetric", "none"])
     demo.add_argument("--align-detach-target", action=argparse.BooleanOptionalAction, default=None)
@@ -71,14 +160,78 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=15)
     bench.set_defaults(func=_bench)
 
+    train = commands.add_parser(
+        "train",
+        help="train one run from a config and/or flags into a run directory (resumes an interrupted one)",
+        description="Train a run: the config (a YAML file or a shipped name such as food101, mmimdb_map), then "
+        "the flags, then --set overrides, later ones winning. The run directory holds the resolved config, the "
+        "protocol, checkpoints, logs, the model selected on validation and metrics.json.",
+    )
+    train.add_argument("--config", help="YAML file or shipped config name")
+    train.add_argument("--dataset", help="registered dataset name (dataset.name)")
+    train.add_argument("--root", help="dataset folder (dataset.root)")
+    train.add_argument("--method", help="method name (model.method); see `robustmm methods`")
+    for modality in ENCODER_FLAGS:
+        train.add_argument(
+            f"--{modality}-encoder", metavar="ID_OR_PATH", help=f"{modality} encoder: hub id or local path"
+        )
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int, help="seed of training and model initialisation (train.seed)")
+    train.add_argument("--missing-rate", type=float, help="missing rate of train, val and test")
+    train.add_argument("--train-missing-rate", type=float)
+    train.add_argument("--val-missing-rate", type=float)
+    train.add_argument("--test-missing-rate", type=float)
+    train.add_argument("--missing-type", help="a modality, several joined by '+', 'both' or 'all'")
+    train.add_argument("--both-ratio", type=float, help="share of the missing samples that lose the first modality")
+    train.add_argument("--protocol-seed", type=int, help="seed of the missing tables (protocol.seed)")
+    train.add_argument("--accelerator", help="cpu, gpu, auto, ...")
+    train.add_argument("--devices", help="number of devices, a list, or auto")
+    train.add_argument("--num-nodes", type=int)
+    train.add_argument("--strategy", help="auto, ddp, ...")
+    train.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ...")
+    train.add_argument(
+        "--out", help="run directory; may use {dataset}, {method}, {seed}, {missing_type}, {missing_rate}"
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key with a YAML value, e.g. train.warmup_epochs=1 or model.options.align_weight=0",
+    )
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score trained runs on the test split under missing-modality scenarios; several seeds: mean ± SD",
+        description="Evaluate the model of each run (selected on validation during training) on its test split "
+        "under each scenario and print a table; each run's results go to RUN_DIR/evaluation.json.",
+    )
+    evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (seeds of one config)")
+    evaluate.add_argument(
+        "--scenarios",
+        help="comma-separated: complete, missing, sweep:<modality> (or sweep), grid; default: the config's evaluation",
+    )
+    evaluate.add_argument("--rates", type=_rates, help="missing rates for sweeps and the grid, e.g. 0,0.3,0.7,1")
+    evaluate.add_argument("--root", help="read the data from here instead of the root the run was trained on")
+    evaluate.add_argument("--split", default="test", help="the split to score (default test; e.g. test_unseen)")
+    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    evaluate.add_argument("--out", help="also write the JSON report (with the aggregate over runs) to this file")
+    evaluate.set_defaults(func=_evaluate)
+
     methods = commands.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_methods)
+
+    from .data.commands import add_data_parser
+
+    add_data_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:

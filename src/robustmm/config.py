@@ -1,0 +1,291 @@
+"""The run configuration: one small dataclass tree, read from YAML and overridden from the command line.
+
+A config names the data (`dataset`), the missing protocol (`protocol`), the model (`model`), the training
+options (`train`, exactly `TrainConfig`), the default evaluation scenarios (`evaluation`) and the run directory
+(`out`). Unknown keys are errors that name the key and the known ones, so a typo never silently falls back to a
+default. Values are converted to the declared types (`lr: 1e-3` is a float although YAML reads it as a string).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .data.protocol import MissingProtocol
+from .training import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message names it."""
+
+
+@dataclass
+class DatasetSection:
+    name: str
+    """A registered dataset (`robustmm.data.list_datasets()`), e.g. mmimdb, food101, generic."""
+    root: str
+    """The folder the reader reads; relative paths are taken from the working directory."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Reader options (see the reader's docstring), e.g. `plots: each` for MM-IMDb."""
+
+
+@dataclass
+class ModelSection:
+    method: str = "cmpt"
+    encoders: dict[str, Any] = field(default_factory=dict)
+    """Modality -> hub id or local path, or a mapping of `EncoderConfig` fields (name_or_path, max_length,
+    num_frames, kind, target_modules). Every modality of the dataset needs one."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the method (`build_model`), e.g. align_weight, adapter, rank. The seed is `train.seed`."""
+
+
+@dataclass
+class EvaluationSection:
+    """What `robustmm evaluate` runs when not told otherwise."""
+
+    scenarios: list[str] = field(default_factory=lambda: ["complete", "missing"])
+    """complete, missing (each modality entirely missing), sweep:<modality> (or sweep for every modality), grid."""
+    rates: list[float] | None = None
+    """Missing rates for sweeps and the grid; None: 0%, 10%, ..., 100% for sweeps and 70% for the grid."""
+    batch_size: int = 32
+
+
+@dataclass
+class RunConfig:
+    dataset: DatasetSection
+    protocol: MissingProtocol = field(default_factory=MissingProtocol)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+    out: str = "runs/{dataset}/{method}/seed{seed}"
+    """The run directory; {dataset}, {method}, {seed}, {missing_type} and {missing_rate} (the training missing
+    rate in %) are filled in."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+RUN_CONFIG = "config.yaml"
+"""The resolved config's file name in a run directory."""
+EXECUTION_KEYS = ("train.progress_bar", "train.num_workers", "train.log_every_n_steps")
+"""Config keys that change how a run executes, not what it computes."""
+FLAG_HINTS = {"dataset.name": "--dataset", "dataset.root": "--root"}
+"""Where a required value can be given on the command line."""
+
+
+# ----- shipped configs -----------------------------------------------------------------------------------------
+
+
+def shipped_configs() -> list[str]:
+    folder = resources.files("robustmm").joinpath("configs")
+    return sorted(entry.name.removesuffix(".yaml") for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def config_source(name_or_path: str) -> tuple[str, str]:
+    """(text, where) of a config given as a file path or as the name of a shipped config."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.read_text(), str(path)
+    shipped = resources.files("robustmm").joinpath("configs", f"{name_or_path.removesuffix('.yaml')}.yaml")
+    if shipped.is_file():
+        return shipped.read_text(), f"shipped config {name_or_path}"
+    raise FileNotFoundError(
+        f"config {name_or_path!r} is neither a file nor a shipped config ({', '.join(shipped_configs())})"
+    )
+
+
+# ----- overrides -----------------------------------------------------------------------------------------------
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`key.path=value` with a YAML value (`3`, `[a, b]`, `{image: image}`, `null`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text}: the value is not valid YAML: {error}") from error
+
+
+def check_key(key: str, origin: str) -> None:
+    """Reject a dotted key that the schema does not have; free-form mappings (options, encoders) accept any."""
+    schema, walked = RunConfig, []
+    for part in key.split("."):
+        if not (isinstance(schema, type) and is_dataclass(schema)):
+            return
+        names = {f.name: f for f in fields(schema)}
+        if part not in names:
+            where = ".".join(walked) or "the config"
+            raise ConfigError(f"{origin}: unknown key {key!r}; {where} has {', '.join(names)}")
+        walked.append(part)
+        schema = typing.get_type_hints(schema)[part]
+
+
+def apply_override(raw: dict, key: str, value: Any, origin: str) -> None:
+    """Set `key` (dotted) in the raw config mapping, creating intermediate mappings.
+
+    A string for an encoder that the config spells out as a mapping replaces its `name_or_path` only, so that
+    `--text-encoder PATH` keeps the config's `max_length`.
+    """
+    check_key(key, origin)
+    node, parts = raw, key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: {'.'.join(parts[: depth + 1])} is {child!r}, not a mapping")
+        node = child
+    is_encoder = len(parts) == 3 and parts[:2] == ["model", "encoders"]
+    if is_encoder and isinstance(node.get(parts[-1]), dict) and isinstance(value, str):
+        node[parts[-1]]["name_or_path"] = value
+    else:
+        node[parts[-1]] = value
+
+
+# ----- building and checking -----------------------------------------------------------------------------------
+
+
+def _union_members(hint) -> tuple | None:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return typing.get_args(hint)
+    return None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    members = _union_members(hint)
+    if members is not None:
+        if value is None and type(None) in members:
+            return None
+        # Try the strictest types first, so that "2" becomes 2 for `int | str` and "auto" stays a string.
+        for member in sorted((m for m in members if m is not type(None)), key=lambda m: m is str):
+            try:
+                return _coerce(value, member, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a {' or '.join(getattr(m, '__name__', str(m)) for m in members)}")
+    if is_dataclass(hint):
+        return build(hint, value, where)
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin is list or hint is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint is float:
+        if not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"{where}: unsupported config type {hint!r}")
+
+
+def build(cls: type, raw: Any, where: str = "") -> Any:
+    """An instance of the dataclass `cls` from a mapping: unknown keys, missing required keys and values of
+    the wrong type are errors naming the key."""
+    label = where or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: expected a mapping, got {raw!r}")
+    declared = fields(cls)
+    known = [f.name for f in declared]
+    unknown = [k for k in raw if k not in known]
+    if unknown:
+        keys = ", ".join(repr(f"{where}.{k}" if where else k) for k in unknown)
+        raise ConfigError(f"unknown key {keys}; {label} has {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in declared:
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name in raw:
+            values[f.name] = _coerce(raw[f.name], hints[f.name], key)
+        elif f.default is MISSING and f.default_factory is MISSING:
+            hint = f" (or {FLAG_HINTS[key]})" if key in FLAG_HINTS else ""
+            raise ConfigError(f"{key} is required: set it in the config{hint}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{label}: {error}") from error
+
+
+def load_config(source: str | None = None, overrides: list[tuple[str, Any, str]] = ()) -> RunConfig:
+    """The run config from a YAML file or shipped name (optional), then `(key, value, origin)` overrides in
+    order. Errors name the file or the override that caused them."""
+    raw, where = {}, "command line"
+    if source is not None:
+        text, where = config_source(source)
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{where}: not valid YAML: {error}") from error
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    for key, value, origin in overrides:
+        apply_override(raw, key, value, origin)
+    try:
+        return build(RunConfig, raw)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def read_run_config(path: str | Path) -> RunConfig:
+    """The resolved config that a run directory stores."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} holds no {path.name}; is it a run directory of `robustmm train`?")
+    return load_config(str(path))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(first: RunConfig, second: RunConfig, ignore: Sequence[str] = ()) -> list[str]:
+    """'key: a -> b' for each config value that differs, except under the `ignore` keys."""
+    a, b = _flat(first.to_dict()), _flat(second.to_dict())
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key) and key not in ignore
+    ]

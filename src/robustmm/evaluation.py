@@ -1,0 +1,245 @@
+"""Scenario evaluation of trained runs: one model, the test split under many missing-modality conditions.
+
+The model of a run was selected on validation during training; here it is only scored. Each scenario is the
+run's protocol with the test split's missing type and rate replaced (`Scenario.protocol`), so every method and
+seed sees the same samples lose the same modalities. Several runs of one config with different seeds are
+aggregated to mean ± SD (sample standard deviation, n - 1) per scenario, as the paper reports.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, config_differences, read_run_config
+from .data.protocol import Scenario, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
+from .data.registry import get_dataset
+from .metrics import compute_metrics, default_metrics, per_class_scores
+from .model import MultimodalModel, atomic_write
+from .registry import load_model
+from .training import predict_logits
+
+SCENARIO_KINDS = ("complete", "missing", "sweep", "grid")
+GRID_RATES = (0.7,)
+"""The MAP protocol's missing rate (eta = 70% in the paper's Tables 1 and 8)."""
+SEED_KEYS = ("out", "train.seed", *EXECUTION_KEYS)
+"""Runs whose configs differ only in these keys are seeds of one experiment."""
+
+
+def open_split(section: DatasetSection, split: str):
+    return get_dataset(section.name, section.root, split, **section.options)
+
+
+def dataset_metrics(dataset) -> list[str]:
+    """The reader's own metric list (e.g. AUROC first for Hateful Memes), else the task's default."""
+    return list(getattr(dataset, "metrics", None) or default_metrics(dataset.multilabel))
+
+
+def inference_device(accelerator: str = "auto") -> torch.device:
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def score(model: MultimodalModel, view, metrics: Sequence[str], batch_size: int = 32, num_workers: int = 0) -> dict:
+    """Metrics, per-class scores and sample counts per availability pattern of `model` on a protocol view."""
+    logits, labels = predict_logits(model, view, batch_size, num_workers)
+    multilabel = model.config.multilabel
+    return {
+        "split": view.split,
+        "protocol": view.protocol.hash(),
+        "samples": len(view),
+        "patterns": {name: entry["samples"] for name, entry in view.table.pattern_counts().items()},
+        "metrics": compute_metrics(logits, labels, multilabel, metrics),
+        "per_class_metric": "f1" if multilabel else "recall",
+        "per_class": dict(zip(view.class_names, per_class_scores(logits, labels, multilabel))),
+    }
+
+
+# ----- scenarios -----------------------------------------------------------------------------------------------
+
+
+def parse_scenarios(
+    specs: Sequence[str], modalities: Sequence[str], rates: Sequence[float] | None = None, both_ratio: float = 0.5
+) -> list[Scenario]:
+    """Scenarios from names: `complete`, `missing` (each modality entirely missing, paper Table 2),
+    `sweep:<modality>` (100% of the others + x% of it, Fig. 2/3; `sweep` alone: every modality) and `grid`
+    (the MAP test cells: each modality or both missing at each rate, Tables 1/8). `rates` are missing rates for
+    sweeps and the grid. Scenarios that two specs share are kept once."""
+    modalities = list(modalities)
+    chosen: dict[str, Scenario] = {}
+    for spec in specs:
+        kind, _, argument = spec.strip().partition(":")
+        if kind not in SCENARIO_KINDS:
+            raise ValueError(f"unknown scenario {spec!r}; use {', '.join(SCENARIO_KINDS)} (sweep:<modality>)")
+        if argument and kind != "sweep":
+            raise ValueError(f"scenario {kind!r} takes no argument, got {spec!r}")
+        if kind == "complete":
+            found = [complete_scenario(modalities)]
+        elif kind == "missing":
+            found = modality_missing_scenarios(modalities)
+        elif kind == "sweep":
+            swept = [argument] if argument else modalities
+            unknown = [m for m in swept if m not in modalities]
+            if unknown:
+                raise ValueError(f"cannot sweep {', '.join(unknown)}: the dataset has {', '.join(modalities)}")
+            kept = {} if rates is None else {"kept_fractions": [1.0 - rate for rate in rates]}
+            found = [item for m in swept for item in rate_sweep(modalities, m, **kept)]
+        else:
+            found = map_grid(modalities, rates or GRID_RATES, both_ratio=both_ratio)[0][1]
+        for item in found:
+            chosen.setdefault(item.name, item)
+    return list(chosen.values())
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    scenarios: Sequence[str] | None = None,
+    rates: Sequence[float] | None = None,
+    root: str | None = None,
+    batch_size: int | None = None,
+    split: str = "test",
+    datasets: dict | None = None,
+    log=None,
+) -> dict:
+    """Score the model of one run on its test split under each scenario (default: the config's `evaluation`).
+
+    `root` reads the data from another folder than the one the run was trained on; `split` picks another
+    labelled split the reader has (e.g. Hateful Memes' test_unseen), under the test rate of each scenario;
+    `datasets` caches opened splits between runs of one experiment.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir / RUN_CONFIG)
+    if not (run_dir / "model").is_dir():
+        raise FileNotFoundError(f"{run_dir} has no model yet: finish the run with the same `robustmm train` command")
+    section = config.dataset if root is None else replace(config.dataset, root=str(Path(root).resolve()))
+    key = json.dumps([section.name, section.root, section.options, split], sort_keys=True, default=str)
+    datasets = {} if datasets is None else datasets
+    if key not in datasets:
+        datasets[key] = open_split(section, split)
+    test = datasets[key]
+    chosen = parse_scenarios(
+        scenarios or config.evaluation.scenarios,
+        list(test.modalities),
+        config.evaluation.rates if rates is None else rates,
+        config.protocol.both_ratio,
+    )
+    model = load_model(run_dir / "model").to(inference_device(config.train.accelerator))
+    batch_size = batch_size or config.evaluation.batch_size
+    results = []
+    for item in chosen:
+        if log:
+            log(f"{run_dir}: {item.name}")
+        view = test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
+        scored = score(model, view, config.train.metrics, batch_size, config.train.num_workers)
+        results.append({"name": item.name, "missing_type": item.missing_type, "rate": item.rate, **scored})
+    return {
+        "run": str(run_dir),
+        "dataset": config.dataset.name,
+        "method": config.model.method,
+        "seed": config.train.seed,
+        "scenarios": results,
+    }
+
+
+# ----- several seeds -------------------------------------------------------------------------------------------
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+    """Per scenario: mean and SD over runs of every metric and per-class score."""
+    rows = []
+    for index, first in enumerate(runs[0]["scenarios"]):
+        entries = [run["scenarios"][index] for run in runs]
+        rows.append({
+            "name": first["name"],
+            "protocol": first["protocol"],
+            "samples": first["samples"],
+            "patterns": first["patterns"],
+            "runs": len(entries),
+            "metrics": {metric: _mean_sd([e["metrics"][metric] for e in entries]) for metric in first["metrics"]},
+            "per_class_metric": first["per_class_metric"],
+            "per_class": {name: _mean_sd([e["per_class"][name] for e in entries]) for name in first["per_class"]},
+        })
+    return rows
+
+
+def evaluate_runs(
+    run_dirs: Sequence[str | Path],
+    scenarios: Sequence[str] | None = None,
+    rates: Sequence[float] | None = None,
+    root: str | None = None,
+    batch_size: int | None = None,
+    split: str = "test",
+    log=None,
+) -> dict:
+    """Evaluate each run and, for several, aggregate them; they must be seeds of one config.
+
+    Each run's results are written to `RUN_DIR/evaluation.json`.
+    """
+    if not run_dirs:
+        raise ValueError("no run directory given")
+    configs = [read_run_config(Path(d) / RUN_CONFIG) for d in run_dirs]
+    seeds = [config.train.seed for config in configs]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        listed = ", ".join(map(str, repeated))
+        raise ConfigError(f"several runs have seed {listed}: give each run of an experiment once")
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        differences = config_differences(configs[0], config, SEED_KEYS)
+        if differences:
+            raise ConfigError(
+                f"{run_dir} is not a seed of {run_dirs[0]}: they differ in {'; '.join(differences[:5])}. "
+                "Aggregate runs of one config that differ only in train.seed"
+            )
+    datasets: dict = {}
+    runs = []
+    for run_dir in run_dirs:
+        result = evaluate_run(run_dir, scenarios, rates, root, batch_size, split, datasets, log)
+        text = json.dumps(result, indent=2)
+        atomic_write(Path(run_dir) / "evaluation.json", lambda path: Path(path).write_text(text))
+        runs.append(result)
+    report = {"runs": runs}
+    if len(runs) > 1:
+        report["aggregate"] = aggregate(runs)
+    return report
+
+
+def format_table(report: dict) -> str:
+    """A markdown table of the scenarios, metrics in %: mean ± SD over runs when there are several."""
+    several = "aggregate" in report
+    rows = report["aggregate"] if several else report["runs"][0]["scenarios"]
+    metrics = list(rows[0]["metrics"])
+    header = ["scenario", "samples", *metrics]
+    lines = []
+    for row in rows:
+        if several:
+            cells = [f"{100 * v['mean']:.2f} ± {100 * v['std']:.2f}" for v in row["metrics"].values()]
+        else:
+            cells = [f"{100 * v:.2f}" for v in row["metrics"].values()]
+        lines.append([row["name"], str(row["samples"]), *cells])
+    runs = report["runs"]
+    seeds = ", ".join(str(run["seed"]) for run in runs)
+    which = f"{len(runs)} runs (seeds {seeds}), mean ± SD" if several else f"seed {seeds}"
+    title = f"{runs[0]['dataset']} · {runs[0]['method']} · {which} · metrics in %"
+    widths = [max(len(cell) for cell in column) for column in zip(header, *lines)]
+
+    def render(cells):
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([title, "", render(header), rule, *map(render, lines)])
+
+
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,200 @@
+"""A training run as a directory: everything needed to know, resume and re-evaluate what was trained.
+
+    RUN_DIR/
+      config.yaml         the resolved config (every default filled in; `robustmm evaluate` reads it)
+      protocol.json       the missing protocol, its hash and per-split availability counts
+      missing_tables/     the cached missing tables of the protocol and of evaluated scenarios
+      checkpoints/        last.ckpt (resume) and best.ckpt (selected on validation)
+      logs/, tensorboard/ CSV and TensorBoard logs, one version per attempt
+      model/              the selected model (`robustmm.load_model`)
+      metrics.json        validation and test metrics of the selected model, with per-class scores
+
+Starting the same command again resumes a killed run from its last checkpoint and ends with the metrics an
+uninterrupted run has; a run whose metrics are written is complete and is not trained again. A directory that
+holds a run of a different config is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, RunConfig, config_differences, read_run_config
+from .evaluation import dataset_metrics, inference_device, open_split, parse_scenarios, score
+from .metrics import METRICS
+from .model import atomic_write
+from .registry import build_model
+from .training import train
+
+SPLITS = ("train", "val", "test")
+RESERVED_OPTIONS = {
+    "seed": "train.seed (--seed)",
+    "num_classes": "the dataset",
+    "multilabel": "the dataset",
+    "class_names": "the dataset",
+    "encoders": "model.encoders",
+}
+"""Model options that the run sets itself, and where they come from instead."""
+
+
+def is_global_zero() -> bool:
+    """Whether this process writes the run's files (DDP starts one process per device)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Fill in the run directory template and make paths absolute, so the stored config works from anywhere."""
+    fields = {
+        "dataset": config.dataset.name,
+        "method": config.model.method,
+        "seed": config.train.seed,
+        "missing_type": config.protocol.missing_type,
+        "missing_rate": round(100 * config.protocol.train_missing_rate),
+    }
+    try:
+        out = config.out.format(**fields)
+    except (KeyError, IndexError, ValueError) as error:
+        names = ", ".join(f"{{{name}}}" for name in fields)
+        raise ConfigError(f"out: {config.out!r} may use {names} only ({error!r})") from None
+    dataset = replace(config.dataset, root=str(Path(config.dataset.root).expanduser().resolve()))
+    encoders = {modality: _absolute_encoder(value) for modality, value in config.model.encoders.items()}
+    return replace(
+        config,
+        out=str(Path(out).expanduser().resolve()),
+        dataset=dataset,
+        model=replace(config.model, encoders=encoders),
+    )
+
+
+def _absolute_encoder(value):
+    """A local encoder folder as an absolute path; hub ids unchanged."""
+    if isinstance(value, dict) and "name_or_path" in value:
+        return {**value, "name_or_path": _absolute_encoder(value["name_or_path"])}
+    if isinstance(value, str) and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def build_run_model(config: RunConfig, dataset):
+    """The model of `config.model` for the modalities and classes of `dataset`."""
+    section = config.model
+    reserved = [key for key in section.options if key in RESERVED_OPTIONS]
+    if reserved:
+        raise ConfigError("; ".join(f"model.options.{key} is set by {RESERVED_OPTIONS[key]}" for key in reserved))
+    modalities = list(dataset.modalities)
+    missing = [m for m in modalities if m not in section.encoders]
+    extra = [m for m in section.encoders if m not in modalities]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"no encoder for {', '.join(missing)} (--set model.encoders.{missing[0]}=ID_OR_PATH)")
+        if extra:
+            problems.append(f"encoders for {', '.join(extra)}, which the dataset does not have")
+        raise ConfigError(f"{dataset.name} has modalities {', '.join(modalities)}: {'; '.join(problems)}")
+    try:
+        return build_model(
+            section.method,
+            encoders={m: section.encoders[m] for m in modalities},
+            num_classes=dataset.num_classes,
+            multilabel=dataset.multilabel,
+            class_names=list(dataset.class_names),
+            seed=config.train.seed,
+            **section.options,
+        )
+    except TypeError as error:
+        raise ConfigError(f"model: {error}") from error
+
+
+def check_before_training(config: RunConfig, dataset) -> None:
+    """Mistakes that would otherwise surface only after training: metric names, the missing type and the
+    evaluation scenarios for this dataset's modalities."""
+    unknown = [name for name in config.train.metrics if name not in METRICS]
+    if unknown:
+        raise ConfigError(f"train.metrics: unknown metric(s) {', '.join(unknown)}; available: {', '.join(METRICS)}")
+    modalities = list(dataset.modalities)
+    config.protocol.targets(modalities)
+    parse_scenarios(config.evaluation.scenarios, modalities, config.evaluation.rates, config.protocol.both_ratio)
+
+
+def check_run_dir(run_dir: Path, config: RunConfig) -> bool:
+    """True if `run_dir` holds this run complete; False if it is new or to be resumed; an error if it holds
+    something else."""
+    stored = run_dir / RUN_CONFIG
+    if not stored.is_file():
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} is not empty and holds no {RUN_CONFIG}: choose another --out")
+        return False
+    differences = config_differences(read_run_config(stored), config, EXECUTION_KEYS)
+    if differences:
+        raise ConfigError(
+            f"{run_dir} holds a run of another config ({'; '.join(differences[:5])}); "
+            "choose another --out, or remove the directory to start over"
+        )
+    return (run_dir / "metrics.json").is_file()
+
+
+def train_run(config: RunConfig, log=print) -> Path:
+    """Train the run `config` describes into its directory (resuming it if it was interrupted); returns it."""
+    config = resolve(config)
+    splits = {split: open_split(config.dataset, split) for split in SPLITS}
+    if config.train.metrics is None:
+        config = replace(config, train=replace(config.train, metrics=dataset_metrics(splits["train"])))
+    run_dir = Path(config.out)
+    check_before_training(config, splits["train"])
+    writer = is_global_zero()
+    if writer and check_run_dir(run_dir, config):
+        log(f"{run_dir} is complete; its metrics are in {run_dir / 'metrics.json'}")
+        return run_dir
+    model = build_run_model(config, splits["train"])
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / RUN_CONFIG, config.to_yaml())
+    tables = run_dir / "missing_tables"
+    views = {split: dataset.with_protocol(config.protocol, cache_dir=tables) for split, dataset in splits.items()}
+    if writer:
+        summaries = {split: view.summary() for split, view in views.items()}
+        protocol = {"hash": config.protocol.hash(), "description": config.protocol.describe(),
+                    **config.protocol.to_dict(), "splits": summaries}
+        write_text(run_dir / "protocol.json", json.dumps(protocol, indent=2))
+        log(config.protocol.describe())
+        for split, summary in summaries.items():
+            patterns = ", ".join(f"{name} {entry['samples']}" for name, entry in summary["patterns"].items())
+            log(f"  {split:<5} {summary['samples']:>7} samples: {patterns}")
+        log(f"{config.model.method} on {config.dataset.name} -> {run_dir}")
+        model.print_trainable_parameters()
+    train(model, views["train"], views["val"], config.train, run_dir)
+    if not is_global_zero():
+        return run_dir
+    model.to(inference_device(config.train.accelerator))
+    best = run_dir / "checkpoints" / "best.ckpt"
+    selected = {
+        "monitor": f"val/{config.train.metrics[0]}",
+        "epoch": torch.load(best, map_location="cpu", weights_only=True)["epoch"],
+        "checkpoint": str(best.relative_to(run_dir)),
+    }
+    batch_size, workers = config.evaluation.batch_size, config.train.num_workers
+    metrics = {
+        "dataset": config.dataset.name,
+        "method": config.model.method,
+        "seed": config.train.seed,
+        "protocol": config.protocol.hash(),
+        "selected": selected,
+        "val": score(model, views["val"], config.train.metrics, batch_size, workers),
+        "test": score(model, views["test"], config.train.metrics, batch_size, workers),
+    }
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    for split in ("val", "test"):
+        shown = ", ".join(f"{name} {100 * value:.2f}" for name, value in metrics[split]["metrics"].items())
+        log(f"{split}: {shown}")
+    log(f"selected epoch {selected['epoch']} on {selected['monitor']}; wrote {run_dir / 'metrics.json'}")
+    return run_dir
