@@ -286,3 +286,30 @@ def test_a_killed_run_resumes_to_the_same_model(image_text, tmp_path):
         return sorted(int(row["epoch"]) for row in rows if row["val/accuracy"])
 
     assert validated_epochs("version_0") == [0, 1] and validated_epochs("version_1") == [2]  # both attempts kept
+
+
+@pytest.mark.parametrize("method", ["baseline", "cmpt"])
+def test_logits_by_pattern_match_a_forward_pass_without_the_hidden_modalities(image_text, method):
+    model = robustmm.build_model(method, encoders=image_text, num_classes=3).eval()
+    samples = make_samples(5)
+    samples[3]["text"] = None  # really missing: stays missing under every pattern
+    patterns = {"complete": ["image", "text"], "text missing": ["image"]}
+    logits = model.logits_by_pattern(model.collate(samples), patterns)
+    for name, kept in patterns.items():
+        hidden = [{k: (v if k not in ("image", "text") or k in kept else None) for k, v in s.items()} for s in samples]
+        torch.testing.assert_close(logits[name], model(model.collate(hidden)).logits)
+    with pytest.raises(ValueError, match="pattern 'image missing' leaves sample 3"):
+        model.logits_by_pattern(model.collate(samples), {"image missing": ["text"]})
+
+
+@pytest.mark.parametrize("keep_dropout", [False, True])
+def test_frozen_encoder_dropout_is_off_unless_asked_and_adapter_dropout_follows_the_mode(tiny_encoders, keep_dropout):
+    encoders = {"text": {"name_or_path": tiny_encoders["text"], "dropout": keep_dropout}, "image": tiny_encoders["image"]}
+    model = robustmm.build_model("cmpt", encoders=encoders, num_classes=3)
+    for mode in (True, False, True):
+        model.train(mode)
+        text = model.encoders["text"].backbone
+        own = [m.training for n, m in text.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_" not in n]
+        adapter = [m.training for n, m in text.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_" in n]
+        assert own and adapter
+        assert set(own) == {mode and keep_dropout} and set(adapter) == {mode}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModel
 
 from .adapters import AdapterConfig, attach_adapter
@@ -49,6 +50,10 @@ class EncoderConfig:
     """Video: frames encoded per clip; their CLS and proxy outputs are averaged (paper: 3)."""
     target_modules: str | list[str] | None = None
     """Adapter targets; None means the query, key, value and attention-output projections of every layer."""
+    dropout: bool = False
+    """Keep the pretrained model's own dropout (BERT: 0.1) active in training. Off by default, a choice the paper
+    leaves open: the encoder is frozen, so its dropout would only add noise to the features that the adapters
+    and the head learn from; the adapters keep their own dropout (paper: 0.1) either way."""
 
     def __post_init__(self):
         # A local folder is recorded absolutely, so a saved model loads from any working directory.
@@ -102,6 +107,19 @@ class ModalityEncoder(nn.Module):
         if num_proxies:
             self.proxy_tokens = nn.Parameter(torch.randn(num_proxies, self.hidden_size) * 0.02)
             self.backbone.get_base_model().embeddings.register_forward_hook(self._insert_proxy_tokens)
+        self.encoder_dropout = config.dropout
+        self.train()
+
+    def train(self, mode: bool = True) -> "ModalityEncoder":
+        """Unless `EncoderConfig.dropout`, the frozen encoder's own modules stay in eval mode (no dropout) while
+        its adapter layers, and so their dropout, follow `mode`."""
+        super().train(mode)
+        if not self.encoder_dropout:
+            self.backbone.eval()
+            for layer in self.backbone.modules():
+                if isinstance(layer, BaseTunerLayer):
+                    layer.train(mode)
+        return self
 
     def _insert_proxy_tokens(self, module, args, embeddings: torch.Tensor) -> torch.Tensor:
         proxies = self.proxy_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)

@@ -14,6 +14,7 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -237,6 +238,28 @@ class MultimodalModel(nn.Module):
             output.task_loss = self.task_loss(logits, batch.labels)
             output.loss = output.task_loss + self.auxiliary_weight * align_loss
         return output
+
+    @torch.no_grad()
+    def logits_by_pattern(self, batch: Batch, patterns: dict[str, Sequence[str]]) -> dict[str, torch.Tensor]:
+        """Logits of `batch` under each availability pattern (name -> modalities kept), encoding each modality once.
+
+        Every method here encodes a modality without looking at the others, so only the fusion depends on which
+        modalities a sample has: scoring many scenarios of one test set costs one encoding pass, not one each.
+        """
+        present = batch.present
+        unknown = {m for kept in patterns.values() for m in kept} - set(self.modalities)
+        if unknown:
+            raise ValueError(f"patterns name {sorted(unknown)}, which the model has no encoder for")
+        cls, proxies = self.encode(batch, present)
+        logits = {}
+        for name, kept in patterns.items():
+            visible = {m: p & (m in kept) for m, p in present.items()}
+            empty = ~torch.stack(list(visible.values())).any(0)
+            if empty.any():
+                first = int(empty.nonzero()[0])
+                raise ValueError(f"pattern {name!r} leaves sample {first} (id {batch.ids[first]!r}) no modality")
+            logits[name] = self.head(self.fuse(cls, proxies, visible))
+        return logits
 
     @torch.no_grad()
     def predict(self, samples: list[dict], batch_size: int = 32) -> torch.Tensor:

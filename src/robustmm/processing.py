@@ -208,6 +208,10 @@ class Collator:
     def modalities(self) -> list[str]:
         return list(self.processors)
 
+    @property
+    def text_modalities(self) -> list[str]:
+        return [m for m, processor in self.processors.items() if processor.kind == "text"]
+
     def placeholder(self, modality: str) -> dict[str, torch.Tensor]:
         """The processed placeholder of `modality`, as a batch of one."""
         processor = self.processors[modality]

@@ -9,6 +9,7 @@ selected on validation, never on test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -44,6 +45,9 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     accumulate_grad_batches: int = 1
+    group_by_length: bool = False
+    """Batch texts of similar length together (within groups of a few batches of the shuffled epoch), which
+    cuts the padding that the encoders compute on; the composition and order of batches stay random."""
     progress_bar: bool = True
     log_every_n_steps: int = 10
     metrics: list[str] | None = None
@@ -127,15 +131,21 @@ class LitClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+GROUP_BATCHES = 8
+"""With `group_by_length`, the shuffled epoch is sorted by length in groups of this many batches."""
+
+
 class EpochShuffle(Sampler):
     """A permutation drawn from (seed, epoch), sharded by rank under DDP.
 
     Lightning sets the epoch, so a resumed run visits the samples in the same order as an uninterrupted one. Each
-    rank takes every world-size-th index of the (padded) permutation.
+    rank takes every world-size-th index of the (padded) permutation. With `lengths`, each group of
+    `GROUP_BATCHES` batches of the permutation is sorted by length and its batches are shuffled again.
     """
 
-    def __init__(self, size: int, seed: int):
+    def __init__(self, size: int, seed: int, lengths: Sequence[int] | None = None, batch_size: int = 1):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -151,17 +161,53 @@ class EpochShuffle(Sampler):
 
     def __iter__(self):
         rank, world = self._rank_world()
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is not None:
+            order = self._grouped_by_length(order, self.batch_size * world, generator)
         order += order[: len(self) * world - self.size]
         return iter(order[rank::world])
 
+    def _grouped_by_length(self, order: list[int], step: int, generator: torch.Generator) -> list[int]:
+        """`step` consecutive indices make one batch on every rank."""
+        grouped = []
+        for start in range(0, len(order), GROUP_BATCHES * step):
+            group = sorted(order[start : start + GROUP_BATCHES * step], key=lambda i: -self.lengths[i])
+            batches = [group[i : i + step] for i in range(0, len(group), step)]
+            for index in torch.randperm(len(batches), generator=generator).tolist():
+                grouped.extend(batches[index])
+        return grouped
 
-def make_loader(model: MultimodalModel, samples: Sequence[dict], batch_size: int, shuffle: bool, num_workers=0, seed=0):
+
+def text_lengths(model: MultimodalModel, samples: Sequence[dict]) -> list[int]:
+    """Characters of text per sample, the cue of `group_by_length`. Datasets give them from their records
+    (`text_lengths()`), so that nothing is loaded to measure them."""
+    if hasattr(samples, "text_lengths"):
+        return samples.text_lengths()
+    if not isinstance(samples, list):
+        raise TypeError("group_by_length needs a list of samples or a dataset with text_lengths()")
+    texts = model.collator.text_modalities
+    return [sum(len(sample.get(m) or "") for m in texts) for sample in samples]
+
+
+def make_loader(
+    model: MultimodalModel,
+    samples: Sequence[dict],
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    group_by_length: bool = False,
+):
     """Training loaders shuffle with `EpochShuffle`; evaluation loaders keep the order and are not sharded."""
+    sampler = None
+    if shuffle:
+        lengths = text_lengths(model, samples) if group_by_length else None
+        sampler = EpochShuffle(len(samples), seed, lengths, batch_size)
     return DataLoader(
         samples,
         batch_size=batch_size,
-        sampler=EpochShuffle(len(samples), seed) if shuffle else None,
+        sampler=sampler,
         collate_fn=model.collator,
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
@@ -223,7 +269,9 @@ def train(
         resume = str(Path(checkpoint.dirpath) / "last.ckpt")
     trainer.fit(
         module,
-        make_loader(model, train_samples, config.batch_size, True, config.num_workers, config.seed),
+        make_loader(
+            model, train_samples, config.batch_size, True, config.num_workers, config.seed, config.group_by_length
+        ),
         None if val_samples is None else make_loader(model, val_samples, config.batch_size, False, config.num_workers),
         ckpt_path=resume,
     )
@@ -237,19 +285,56 @@ def train(
     return model
 
 
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a Lightning `precision` string for inference outside the Trainer."""
+    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+    if precision in dtypes:
+        return torch.autocast(device.type, dtype=dtypes[precision])
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def predict_logits(model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, num_workers: int = 0):
+def predict_logits(
+    model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, num_workers: int = 0, precision="32-true"
+):
     """Logits and labels of labelled samples, whatever modalities each carries."""
     model.eval()
     device = model.head.weight.device
     logits, labels = [], []
     for batch in make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers):
-        logits.append(model(batch.to(device)).logits.cpu())
+        with autocast(precision, device):
+            logits.append(model(batch.to(device)).logits.float().cpu())
         labels.append(batch.labels)
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, metrics=None) -> dict[str, float]:
+@torch.no_grad()
+def pattern_logits(
+    model: MultimodalModel,
+    samples: Sequence[dict],
+    patterns: dict[str, Sequence[str]],
+    batch_size: int = 32,
+    precision="32-true",
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Logits of labelled samples under each availability pattern (name -> modalities kept), and the labels.
+
+    Each modality of each sample is encoded once for all patterns (`MultimodalModel.logits_by_pattern`).
+    """
+    model.eval()
+    device = model.head.weight.device
+    logits: dict[str, list[torch.Tensor]] = {name: [] for name in patterns}
+    labels = []
+    for batch in make_loader(model, samples, batch_size, shuffle=False):
+        with autocast(precision, device):
+            for name, values in model.logits_by_pattern(batch.to(device), patterns).items():
+                logits[name].append(values.float().cpu())
+        labels.append(batch.labels)
+    return {name: torch.cat(values) for name, values in logits.items()}, torch.cat(labels)
+
+
+def evaluate(
+    model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, metrics=None, precision="32-true"
+) -> dict[str, float]:
     """Metrics of `model` on labelled samples (default: accuracy, or F1 macro/micro for multi-label)."""
-    logits, labels = predict_logits(model, samples, batch_size)
+    logits, labels = predict_logits(model, samples, batch_size, precision=precision)
     return compute_metrics(logits, labels, model.config.multilabel, metrics)

@@ -50,6 +50,8 @@ class CMPTConfig(ModelConfig):
             raise ValueError(f"align_denominator must be one of {ALIGN_DENOMINATORS}, got {self.align_denominator!r}")
         if len(self.encoders) < 2:
             raise ValueError("CMPT needs at least two modalities")
+        if self.align_weight < 0 or self.align_eps <= 0:
+            raise ValueError(f"align_weight must be >= 0 and align_eps > 0, got {self.align_weight}, {self.align_eps}")
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
