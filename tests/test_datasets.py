@@ -482,7 +482,7 @@ def test_stats_reports_unavailable_splits_and_json(tmp_path, capsys):
     main(["data", "stats", "--dataset", "hateful_memes", "--root", str(root), "--missing-rate", "0.5", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["metrics"] == ["auroc", "accuracy"]
-    assert report["protocol"]["missing_type"] == "both" and report["protocol"]["test_missing_rate"] == 0.5
+    assert report["protocol"]["missing_type"] == "all" and report["protocol"]["test_missing_rate"] == 0.5
     assert report["splits"]["val"]["simulated_missing"] == {"image": 1, "text": 1}
     assert "test_unseen.jsonl" in report["splits"]["test_unseen"]["unavailable"]
     with pytest.raises(SystemExit):

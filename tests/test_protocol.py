@@ -201,3 +201,12 @@ def test_a_scenario_sets_one_split_and_keeps_the_rest():
     changed = Scenario("image missing", "image", 1.0).protocol(base)
     assert (changed.train_missing_rate, changed.test_missing_rate, changed.missing_type) == (0.3, 1.0, "image")
     assert changed.seed == 4 and changed.hash() != base.hash()
+
+
+def test_both_and_all_are_one_protocol_for_two_modalities():
+    both, every = MissingProtocol.uniform(0.7, "both"), MissingProtocol.uniform(0.7, "all")
+    assert both.hash() == every.hash() != MissingProtocol.uniform(0.7, "text").hash()
+    ids = [f"s{i}" for i in range(40)]
+    assert np.array_equal(both.missing_table("test", ids, IMAGE_TEXT).dropped,
+                          every.missing_table("test", ids, IMAGE_TEXT).dropped)
+    assert MissingProtocol().targets(["audio", "video", "text"]) == ("audio", "video", "text")  # the default: all

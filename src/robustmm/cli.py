@@ -51,12 +51,6 @@ TRAIN_FLAGS = {
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "seed": "train.seed",
-    "train_missing_rate": "protocol.train_missing_rate",
-    "val_missing_rate": "protocol.val_missing_rate",
-    "test_missing_rate": "protocol.test_missing_rate",
-    "missing_type": "protocol.missing_type",
-    "both_ratio": "protocol.both_ratio",
-    "protocol_seed": "protocol.seed",
     "accelerator": "train.accelerator",
     "devices": "train.devices",
     "num_nodes": "train.num_nodes",
@@ -72,10 +66,9 @@ def train_overrides(args) -> list[tuple[str, object, str]]:
     """(key, value, origin) overrides from the flags, then `--set`s in order: later ones win."""
     from .config import parse_assignment
 
-    overrides = []
-    if args.missing_rate is not None:
-        for split in ("train", "val", "test"):
-            overrides.append((f"protocol.{split}_missing_rate", args.missing_rate, "--missing-rate"))
+    from .data.commands import protocol_overrides
+
+    overrides = [(f"protocol.{key}", value, "protocol options") for key, value in protocol_overrides(args).items()]
     for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -129,6 +122,8 @@ def _evaluate(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.commands import add_data_parser, add_protocol_arguments
+
     parser = argparse.ArgumentParser(prog="robustmm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -157,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--hidden-size", type=int, default=128)
     bench.add_argument("--num-layers", type=int, default=12)
     bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--repeats", type=int, default=15)
+    bench.add_argument("--repeats", type=int, default=30)
     bench.set_defaults(func=_bench)
 
     train = commands.add_parser(
@@ -179,13 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int, help="seed of training and model initialisation (train.seed)")
-    train.add_argument("--missing-rate", type=float, help="missing rate of train, val and test")
-    train.add_argument("--train-missing-rate", type=float)
-    train.add_argument("--val-missing-rate", type=float)
-    train.add_argument("--test-missing-rate", type=float)
-    train.add_argument("--missing-type", help="a modality, several joined by '+', 'both' or 'all'")
-    train.add_argument("--both-ratio", type=float, help="share of the missing samples that lose the first modality")
-    train.add_argument("--protocol-seed", type=int, help="seed of the missing tables (protocol.seed)")
+    add_protocol_arguments(train)
     train.add_argument("--accelerator", help="cpu, gpu, auto, ...")
     train.add_argument("--devices", help="number of devices, a list, or auto")
     train.add_argument("--num-nodes", type=int)
@@ -222,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = commands.add_parser("methods", help="list the registered methods")
     methods.set_defaults(func=_methods)
-
-    from .data.commands import add_data_parser
 
     add_data_parser(commands)
     return parser

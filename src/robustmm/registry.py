@@ -10,30 +10,59 @@ from safetensors.torch import load_file
 
 from .model import CONFIG_FILE, WEIGHTS_FILE, MultimodalModel
 
-_METHODS: dict[str, type[MultimodalModel]] = {}
+class Registry:
+    """Names -> classes, filled by a class decorator, so that one factory looks a name up instead of an if/elif
+    chain. Names are matched case-insensitively with '-' as '_'; each class gets its name as `attribute`, and
+    `load` (when given) imports the built-in entries on first use."""
+
+    def __init__(self, kind: str, attribute: str, load=None):
+        self.kind, self.attribute, self.load = kind, attribute, load
+        self.entries: dict[str, type] = {}
+
+    @staticmethod
+    def key(name: str) -> str:
+        return name.strip().lower().replace("-", "_")
+
+    def register(self, name: str):
+        def decorator(cls: type) -> type:
+            key = self.key(name)
+            if key in self.entries:
+                raise ValueError(f"{self.kind} {key!r} is already registered")
+            setattr(cls, self.attribute, key)
+            self.entries[key] = cls
+            return cls
+
+        return decorator
+
+    def _loaded(self) -> dict[str, type]:
+        if self.load is not None:
+            self.load()
+        return self.entries
+
+    def names(self) -> list[str]:
+        return sorted(self._loaded())
+
+    def get(self, name: str) -> type:
+        entries = self._loaded()
+        if self.key(name) not in entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(entries))}")
+        return entries[self.key(name)]
+
+
+METHODS = Registry("method", "method")
 
 
 def register_method(name: str):
     """Class decorator: make a `MultimodalModel` subclass available as `build_model(name, ...)`."""
-
-    def register(cls: type[MultimodalModel]) -> type[MultimodalModel]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        cls.method = name
-        _METHODS[name] = cls
-        return cls
-
-    return register
+    return METHODS.register(name)
 
 
 def list_methods() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[MultimodalModel]:
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(list_methods())}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def build_model(method: str = "cmpt", *, encoders: dict, num_classes: int, **options) -> MultimodalModel:

@@ -20,28 +20,39 @@ ARROW_FOLDER = "arrow"
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The missing-protocol options; each defaults to None, which leaves the field as it is (see
+    `protocol_from_args`, and the config for `robustmm train`)."""
     group = parser.add_argument_group("missing protocol (a rate is the fraction of samples MISSING a modality)")
     group.add_argument("--missing-rate", type=float, help="the rate of every split (default 0)")
     for split in ("train", "val", "test"):
         group.add_argument(f"--{split}-missing-rate", type=float, help=f"the {split} rate (overrides --missing-rate)")
-    group.add_argument(
-        "--missing-type",
-        help="a modality, several joined by '+', 'both' or 'all' (default: both for two modalities, else all)",
-    )
-    group.add_argument(
-        "--both-ratio", type=float, default=0.5, help="share of the missing samples losing the first modality"
-    )
-    group.add_argument("--protocol-seed", type=int, default=0)
+    group.add_argument("--missing-type", help="a modality, several joined by '+', 'both' or 'all' (default all)")
+    group.add_argument("--both-ratio", type=float, help="share of the missing samples losing the first modality (0.5)")
+    group.add_argument("--protocol-seed", type=int, help="seed of the missing tables (default 0)")
 
 
-def protocol_from_args(args: argparse.Namespace, modalities) -> MissingProtocol:
-    """The protocol the options describe; the missing type defaults to both/all for `modalities`."""
-    rates = {}
-    for split in ("train", "val", "test"):
-        rate = getattr(args, f"{split}_missing_rate")
-        rates[f"{split}_missing_rate"] = rate if rate is not None else (args.missing_rate or 0.0)
-    missing_type = args.missing_type or ("both" if len(modalities) == 2 else "all")
-    return MissingProtocol(**rates, missing_type=missing_type, both_ratio=args.both_ratio, seed=args.protocol_seed)
+PROTOCOL_FLAGS = {
+    "train_missing_rate": "train_missing_rate",
+    "val_missing_rate": "val_missing_rate",
+    "test_missing_rate": "test_missing_rate",
+    "missing_type": "missing_type",
+    "both_ratio": "both_ratio",
+    "protocol_seed": "seed",
+}
+"""Option -> `MissingProtocol` field."""
+
+
+def protocol_overrides(args: argparse.Namespace) -> dict:
+    """The `MissingProtocol` fields that the options set: `--missing-rate` for every split, then the others."""
+    fields = {}
+    if args.missing_rate is not None:
+        fields.update({f"{split}_missing_rate": args.missing_rate for split in ("train", "val", "test")})
+    fields.update({field: getattr(args, flag) for flag, field in PROTOCOL_FLAGS.items() if getattr(args, flag) is not None})
+    return fields
+
+
+def protocol_from_args(args: argparse.Namespace) -> MissingProtocol:
+    return MissingProtocol(**protocol_overrides(args))
 
 
 def parse_options(pairs) -> dict:
@@ -147,7 +158,7 @@ def stats(args) -> None:
             report[split] = {"unavailable": str(reader)}
             continue
         if protocol is None:
-            protocol = protocol_from_args(args, list(reader.modalities))
+            protocol = protocol_from_args(args)
             header = {
                 "dataset": reader.name,
                 "root": str(reader.root),

@@ -34,7 +34,6 @@ import numpy as np
 SPLIT_RATES = ("train", "val", "test")
 TABLE_FORMAT = 1
 """Part of every cache key: bump it when the selection algorithm changes, so old tables are never reused."""
-ALL_MODALITIES = ("both", "all")
 
 
 def _digest(payload) -> str:
@@ -69,7 +68,7 @@ class MissingProtocol:
     train_missing_rate: float = 0.0
     val_missing_rate: float = 0.0
     test_missing_rate: float = 0.0
-    missing_type: str = "both"
+    missing_type: str = "all"
     both_ratio: float = 0.5
     seed: int = 0
 
@@ -86,7 +85,7 @@ class MissingProtocol:
         object.__setattr__(self, "seed", int(self.seed))
 
     @classmethod
-    def uniform(cls, rate: float, missing_type: str = "both", both_ratio: float = 0.5, seed: int = 0):
+    def uniform(cls, rate: float, missing_type: str = "all", both_ratio: float = 0.5, seed: int = 0):
         """The same missing rate in every split (the MAP default)."""
         return cls(rate, rate, rate, missing_type, both_ratio, seed)
 
@@ -138,8 +137,12 @@ class MissingProtocol:
         return cls(**values)
 
     def hash(self) -> str:
-        """A short stable hash over every field: store it with results to know which protocol made them."""
-        return _digest(self.to_dict())[:12]
+        """A short stable hash over every field: store it with results to know which protocol made them. 'both'
+        counts as 'all': wherever 'both' is valid (two modalities), the two select the same samples."""
+        fields = self.to_dict()
+        if fields["missing_type"] == "both":
+            fields["missing_type"] = "all"
+        return _digest(fields)[:12]
 
     def describe(self) -> str:
         rates = " · ".join(f"{s} {getattr(self, f'{s}_missing_rate'):.0%}" for s in SPLIT_RATES)
