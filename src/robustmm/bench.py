@@ -11,8 +11,8 @@ Both encoders have the same width and depth and read the same number of tokens (
 patches, 196 + 1 tokens; a text of 196 word pieces + [CLS]), so that skipping one is skipping half the work.
 They are narrow (width 128) but as deep as the paper's ViT-B and BERT-base (12 layers), because depth sets the
 training overhead: the proxy token is a learnable INPUT of the first layer, so backpropagation must also compute
-the gradient with respect to the first layer's input, a fixed cost that a shallow encoder cannot amortise (about
-12% at 4 layers). Steps are timed in pairs and the median of the per-pair ratios is reported (see `paired`).
+the gradient with respect to the first layer's input, a fixed cost that a shallow encoder cannot amortise. Steps
+are timed in pairs and the median of the per-pair ratios is reported (see `paired`).
 """
 
 from __future__ import annotations
