@@ -10,8 +10,9 @@ from robustmm.data.protocol import (
     MissingProtocol,
     Scenario,
     availability,
-    evaluation_scenarios,
+    complete_scenario,
     map_grid,
+    modality_missing_scenarios,
     rate_sweep,
     scenario,
 )
@@ -122,15 +123,13 @@ def test_hash_changes_with_every_field_and_describe_says_missing():
         MissingProtocol.uniform(0.7, seed=1),
     ]
     assert len({base.hash(), *(p.hash() for p in changed)}) == 7
-    assert base.hash() == MissingProtocol.from_dict(base.to_dict()).hash()
+    assert base.hash() == MissingProtocol(**base.to_dict()).hash()
     assert "missing a modality" in base.describe() and base.hash() in base.describe()
 
 
 def test_invalid_protocols_are_refused():
     with pytest.raises(ValueError, match="test_missing_rate"):
         MissingProtocol(test_missing_rate=1.5)
-    with pytest.raises(ValueError, match="unknown missing-protocol fields"):
-        MissingProtocol.from_dict({"ratio": 0.7})
     with pytest.raises(ValueError, match="exactly two"):
         MissingProtocol(missing_type="both").targets(["audio", "video", "text"])
     with pytest.raises(ValueError, match="does not have"):
@@ -186,7 +185,8 @@ def test_n_modalities_split_evenly():
 
 
 def test_scenarios_are_named_by_what_is_available():
-    assert [s.name for s in evaluation_scenarios(IMAGE_TEXT)] == ["complete", "image missing", "text missing"]
+    assert complete_scenario(IMAGE_TEXT).name == "complete"
+    assert [s.name for s in modality_missing_scenarios(IMAGE_TEXT)] == ["image missing", "text missing"]
     assert scenario(IMAGE_TEXT, "text", 0.7).name == "100% image + 30% text"
     assert scenario(IMAGE_TEXT, "both", 0.7).name == "65% image + 65% text"
     assert availability(IMAGE_TEXT, "both", 0.6, both_ratio=0.25) == {"image": 0.85, "text": pytest.approx(0.55)}

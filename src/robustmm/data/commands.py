@@ -227,9 +227,16 @@ def write_fbanks(args) -> None:
     A validation split held out of the training list is covered by reading the whole training list."""
     import numpy as np
 
+    from ..model import atomic_write
     from .base import SAMPLE_RATE, load_audio
-
     from .registry import get_dataset_class
+
+    def save(array):
+        def write(temporary):
+            with open(temporary, "wb") as handle:
+                np.save(handle, array)
+
+        return write
 
     extractor = fbank_extractor(args.feature_extractor)
     cls = get_dataset_class(args.dataset)
@@ -252,6 +259,6 @@ def write_fbanks(args) -> None:
             waveform = load_audio(wav)
             fbank = extractor(waveform, sampling_rate=SAMPLE_RATE, return_tensors="np")["input_values"][0]
             target.parent.mkdir(parents=True, exist_ok=True)
-            np.save(target, fbank.astype(np.float32))
+            atomic_write(target, save(fbank.astype(np.float32)))  # a killed run leaves no half array behind
             written += 1
         print(f"{split}: wrote {written} fbank arrays, {kept} already there ({reader.skip_summary()})")

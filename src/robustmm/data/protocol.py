@@ -25,7 +25,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -127,14 +127,6 @@ class MissingProtocol:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MissingProtocol":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown missing-protocol fields: {', '.join(sorted(unknown))}")
-        return cls(**values)
 
     def hash(self) -> str:
         """A short stable hash over every field: store it with results to know which protocol made them. 'both'
@@ -338,11 +330,6 @@ def complete_scenario(modalities: Sequence[str]) -> Scenario:
 def modality_missing_scenarios(modalities: Sequence[str]) -> list[Scenario]:
     """Each modality entirely missing at test time, the others complete (paper Table 2)."""
     return [scenario(modalities, m, 1.0) for m in modalities]
-
-
-def evaluation_scenarios(modalities: Sequence[str]) -> list[Scenario]:
-    """Complete data, then each modality entirely missing."""
-    return [complete_scenario(modalities), *modality_missing_scenarios(modalities)]
 
 
 def rate_sweep(
