@@ -289,17 +289,22 @@ def test_a_killed_run_resumes_to_the_same_model(image_text, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["baseline", "cmpt"])
-def test_logits_by_pattern_match_a_forward_pass_without_the_hidden_modalities(image_text, method):
+def test_logits_by_availability_match_a_forward_pass_without_the_hidden_modalities(image_text, method):
     model = robustmm.build_model(method, encoders=image_text, num_classes=3).eval()
     samples = make_samples(5)
-    samples[3]["text"] = None  # really missing: stays missing under every pattern
-    patterns = {"complete": ["image", "text"], "text missing": ["image"]}
-    logits = model.logits_by_pattern(model.collate(samples), patterns)
-    for name, kept in patterns.items():
-        hidden = [{k: (v if k not in ("image", "text") or k in kept else None) for k, v in s.items()} for s in samples]
+    samples[3]["text"] = None  # really missing: stays missing whatever a scenario shows
+    shows = {
+        "complete": {"image": [1, 1, 1, 1, 1], "text": [1, 1, 1, 1, 1]},
+        "text missing": {"image": [1, 1, 1, 1, 1], "text": [0, 0, 0, 0, 0]},
+        "mixed": {"image": [0, 1, 1, 1, 0], "text": [1, 1, 0, 1, 1]},
+    }
+    scenarios = {name: {m: torch.tensor(v).bool() for m, v in shown.items()} for name, shown in shows.items()}
+    logits = model.logits_by_availability(model.collate(samples), scenarios)
+    for name, shown in shows.items():
+        hidden = [{k: (None if k in shown and not shown[k][i] else v) for k, v in s.items()} for i, s in enumerate(samples)]
         torch.testing.assert_close(logits[name], model(model.collate(hidden)).logits)
-    with pytest.raises(ValueError, match="pattern 'image missing' leaves sample 3"):
-        model.logits_by_pattern(model.collate(samples), {"image missing": ["text"]})
+    with pytest.raises(ValueError, match="scenario 'image missing' leaves sample 3"):
+        model.logits_by_availability(model.collate(samples), {"image missing": {**scenarios["complete"], "image": ~scenarios["complete"]["image"]}})
 
 
 @pytest.mark.parametrize("keep_dropout", [False, True])

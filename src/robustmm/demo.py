@@ -31,7 +31,7 @@ from .data.synthetic import SyntheticBenchmark, SyntheticConfig, check_not_above
 from .metrics import compute_metrics
 from .model import atomic_write
 from .registry import build_model, get_method
-from .training import TrainConfig, pattern_logits, train
+from .training import TrainConfig, scenario_logits, train
 
 
 @dataclass
@@ -127,13 +127,14 @@ def train_and_score(config: DemoConfig, data: DemoData, method: str, seed: int, 
     )
     with tempfile.TemporaryDirectory(prefix="robustmm-demo-") as checkpoints:
         train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=[StepCounter(advance)])
-    patterns = {s["name"]: s["available"] for s in data.scenarios}
-    logits, labels = pattern_logits(model, data.test, patterns, batch_size=64, precision=config.precision)
+    size = len(data.test)
+    scenarios = {s["name"]: {m: torch.full((size,), m in s["available"]) for m in data.encoders} for s in data.scenarios}
+    logits, labels = scenario_logits(model, data.test, scenarios, batch_size=64, precision=config.precision)
     seconds = round(time.perf_counter() - start, 1)
     return [
         {"method": method, "seed": seed, "scenario": name, "seconds": seconds,
          "accuracy": compute_metrics(logits[name], labels, multilabel=False)["accuracy"]}
-        for name in patterns
+        for name in scenarios
     ]
 
 

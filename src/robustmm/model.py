@@ -240,24 +240,25 @@ class MultimodalModel(nn.Module):
         return output
 
     @torch.no_grad()
-    def logits_by_pattern(self, batch: Batch, patterns: dict[str, Sequence[str]]) -> dict[str, torch.Tensor]:
-        """Logits of `batch` under each availability pattern (name -> modalities kept), encoding each modality once.
+    def logits_by_availability(
+        self, batch: Batch, scenarios: dict[str, dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Logits of `batch` under each scenario (name -> modality -> [B] bools: what each sample may show),
+        encoding each modality of each sample once for all of them.
 
         Every method here encodes a modality without looking at the others, so only the fusion depends on which
         modalities a sample has: scoring many scenarios of one test set costs one encoding pass, not one each.
+        A modality that a sample lacks stays missing whatever the scenario says.
         """
         present = batch.present
-        unknown = {m for kept in patterns.values() for m in kept} - set(self.modalities)
-        if unknown:
-            raise ValueError(f"patterns name {sorted(unknown)}, which the model has no encoder for")
         cls, proxies = self.encode(batch, present)
         logits = {}
-        for name, kept in patterns.items():
-            visible = {m: p & (m in kept) for m, p in present.items()}
+        for name, shown in scenarios.items():
+            visible = {m: p & shown[m] for m, p in present.items()}
             empty = ~torch.stack(list(visible.values())).any(0)
             if empty.any():
                 first = int(empty.nonzero()[0])
-                raise ValueError(f"pattern {name!r} leaves sample {first} (id {batch.ids[first]!r}) no modality")
+                raise ValueError(f"scenario {name!r} leaves sample {first} (id {batch.ids[first]!r}) no modality")
             logits[name] = self.head(self.fuse(cls, proxies, visible))
         return logits
 

@@ -309,26 +309,28 @@ def predict_logits(
 
 
 @torch.no_grad()
-def pattern_logits(
+def scenario_logits(
     model: MultimodalModel,
     samples: Sequence[dict],
-    patterns: dict[str, Sequence[str]],
+    scenarios: dict[str, dict[str, torch.Tensor]],
     batch_size: int = 32,
+    num_workers: int = 0,
     precision="32-true",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Logits of labelled samples under each availability pattern (name -> modalities kept), and the labels.
-
-    Each modality of each sample is encoded once for all patterns (`MultimodalModel.logits_by_pattern`).
-    """
+    """Logits of labelled samples under each scenario (name -> modality -> [N] bools: what each sample may show),
+    and the labels, from one encoding pass (`MultimodalModel.logits_by_availability`)."""
     model.eval()
     device = model.head.weight.device
-    logits: dict[str, list[torch.Tensor]] = {name: [] for name in patterns}
-    labels = []
-    for batch in make_loader(model, samples, batch_size, shuffle=False):
+    logits: dict[str, list[torch.Tensor]] = {name: [] for name in scenarios}
+    labels, start = [], 0
+    for batch in make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers):
+        rows = slice(start, start + len(batch))
+        shown = {name: {m: mask[rows].to(device) for m, mask in masks.items()} for name, masks in scenarios.items()}
         with autocast(precision, device):
-            for name, values in model.logits_by_pattern(batch.to(device), patterns).items():
+            for name, values in model.logits_by_availability(batch.to(device), shown).items():
                 logits[name].append(values.float().cpu())
         labels.append(batch.labels)
+        start = rows.stop
     return {name: torch.cat(values) for name, values in logits.items()}, torch.cat(labels)
 
 
