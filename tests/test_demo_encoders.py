@@ -82,3 +82,24 @@ def test_cls_features_predict_the_class(paths, benchmark_splits, modality):
     probe = LogisticRegression(C=0.1, max_iter=2000).fit(scaler.transform(train_features), [s["label"] for s in train])
     accuracy = probe.score(scaler.transform(val_features), [s["label"] for s in val])
     assert accuracy > 0.4, f"{modality} probe accuracy {accuracy:.3f}"
+
+
+def test_pretraining_script_writes_loadable_encoders(tmp_path):
+    """The script that made the shipped weights still runs (a tiny run), and writes what `from_pretrained` reads."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "pretrain_demo_encoders.py"
+    subprocess.run(
+        [sys.executable, str(script), "--output", str(tmp_path), "--train-samples", "64", "--heldout-samples", "32",
+         "--epochs", "1", "--threads", "1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for modality in ("image", "audio"):
+        record = json.loads((tmp_path / modality / "pretraining.json").read_text())
+        assert record["train_samples"] == 64 and set(record["heldout_accuracy"]) >= {"message"}
+        model = AutoModel.from_pretrained(tmp_path / modality, dtype=torch.float32)
+        assert model.config.hidden_size == HIDDEN_SIZE
+    assert AutoImageProcessor.from_pretrained(tmp_path / "image").size == {"height": 32, "width": 32}
+    assert AutoFeatureExtractor.from_pretrained(tmp_path / "audio").do_normalize
+    assert (tmp_path / "README.md").is_file()
