@@ -14,7 +14,6 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn

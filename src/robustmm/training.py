@@ -293,19 +293,13 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def predict_logits(
     model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, num_workers: int = 0, precision="32-true"
 ):
     """Logits and labels of labelled samples, whatever modalities each carries."""
-    model.eval()
-    device = model.head.weight.device
-    logits, labels = [], []
-    for batch in make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers):
-        with autocast(precision, device):
-            logits.append(model(batch.to(device)).logits.float().cpu())
-        labels.append(batch.labels)
-    return torch.cat(logits), torch.cat(labels)
+    everything = {m: torch.ones(len(samples), dtype=torch.bool) for m in model.modalities}
+    logits, labels = scenario_logits(model, samples, {"as given": everything}, batch_size, num_workers, precision)
+    return logits["as given"], labels
 
 
 @torch.no_grad()
