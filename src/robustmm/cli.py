@@ -107,7 +107,7 @@ def _evaluate(args) -> None:
     from pathlib import Path
 
     from .evaluation import evaluate_runs, format_table, log_to_stderr
-    from .model import atomic_write
+    from .model import atomic_write_text
 
     scenarios = [s for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
     report = evaluate_runs(
@@ -117,7 +117,7 @@ def _evaluate(args) -> None:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda path: Path(path).write_text(text))
+        atomic_write_text(out, text)
     print(text if args.json else format_table(report))
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, check_not_above_bayes, demo_encoder_paths
 from .metrics import compute_metrics
-from .model import atomic_write
+from .model import atomic_write, atomic_write_text
 from .registry import build_model, get_method
 from .training import TrainConfig, scenario_logits, train
 
@@ -275,7 +275,7 @@ def plot(result: dict, path: Path) -> None:
 def write_outputs(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2)
-    atomic_write(out_dir / "results.json", lambda temp: Path(temp).write_text(text))
+    atomic_write_text(out_dir / "results.json", text)
     plot(result, out_dir / "accuracy.png")
 
 

@@ -23,7 +23,7 @@ from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, con
 from .data.protocol import Scenario, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
 from .metrics import compute_metrics, default_metrics, per_class_scores
-from .model import MultimodalModel, atomic_write
+from .model import MultimodalModel, atomic_write_text
 from .registry import load_model
 from .training import predict_logits, scenario_logits
 
@@ -232,7 +232,7 @@ def evaluate_runs(
     for run_dir in run_dirs:
         result = evaluate_run(run_dir, scenarios, rates, root, batch_size, split, datasets, log)
         text = json.dumps(result, indent=2)
-        atomic_write(Path(run_dir) / "evaluation.json", lambda path: Path(path).write_text(text))
+        atomic_write_text(Path(run_dir) / "evaluation.json", text)
         runs.append(result)
     report = {"runs": runs}
     if len(runs) > 1:

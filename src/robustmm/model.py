@@ -114,6 +114,10 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
+
+
 class MultimodalModel(nn.Module):
     """Late fusion over a `ModuleDict` of adapted encoders, with a linear head on the fused feature."""
 
@@ -322,7 +326,7 @@ class MultimodalModel(nn.Module):
         config = {"method": self.method, **self.config.to_dict()}
         state = self.trainable_state_dict()
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"method": self.method}))
-        atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod
     def config_from_kwargs(cls, encoders, num_classes, **options) -> ModelConfig:

@@ -26,7 +26,7 @@ import torch
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, RunConfig, config_differences, read_run_config
 from .evaluation import dataset_metrics, inference_device, open_split, parse_scenarios, score
 from .metrics import METRICS
-from .model import atomic_write
+from .model import atomic_write_text
 from .registry import build_model
 from .training import train
 
@@ -46,10 +46,6 @@ def is_global_zero() -> bool:
     from lightning.pytorch.utilities import rank_zero_only
 
     return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -158,14 +154,14 @@ def train_run(config: RunConfig, log=print) -> Path:
     model = build_run_model(config, splits["train"])
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / RUN_CONFIG, config.to_yaml())
+        atomic_write_text(run_dir / RUN_CONFIG, config.to_yaml())
     tables = run_dir / "missing_tables"
     views = {split: dataset.with_protocol(config.protocol, cache_dir=tables) for split, dataset in splits.items()}
     if writer:
         summaries = {split: view.summary() for split, view in views.items()}
         protocol = {"hash": config.protocol.hash(), "description": config.protocol.describe(),
                     **config.protocol.to_dict(), "splits": summaries}
-        write_text(run_dir / "protocol.json", json.dumps(protocol, indent=2))
+        atomic_write_text(run_dir / "protocol.json", json.dumps(protocol, indent=2))
         log(config.protocol.describe())
         for split, summary in summaries.items():
             patterns = ", ".join(f"{name} {entry['samples']}" for name, entry in summary["patterns"].items())
@@ -192,7 +188,7 @@ def train_run(config: RunConfig, log=print) -> Path:
         "val": score(model, views["val"], config.train.metrics, batch_size, workers),
         "test": score(model, views["test"], config.train.metrics, batch_size, workers),
     }
-    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     for split in ("val", "test"):
         shown = ", ".join(f"{name} {100 * value:.2f}" for name, value in metrics[split]["metrics"].items())
         log(f"{split}: {shown}")

@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Sampler
 
 from .metrics import compute_metrics, default_metrics
-from .model import MultimodalModel, atomic_write
+from .model import MultimodalModel, atomic_write_text
 
 
 @dataclass
@@ -281,7 +281,7 @@ def train(
     if out_dir is not None and trainer.is_global_zero:
         model.save_pretrained(out_dir / "model")
         text = json.dumps(asdict(config), indent=2)
-        atomic_write(out_dir / "train_config.json", lambda path: Path(path).write_text(text))
+        atomic_write_text(out_dir / "train_config.json", text)
     return model
 
 
