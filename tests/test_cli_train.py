@@ -1,7 +1,10 @@
 """`robustmm train` and `robustmm evaluate` end to end on a tiny dataset with tiny encoders: run directories,
-resume after a kill, scenario counts, seed aggregation, config errors and DDP on two CPU processes."""
+resume after a kill, scenario counts, seed aggregation, config errors, DDP on two CPU processes, and options
+that must fit together (kind flags on named columns, a warm-up longer than a short run)."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
@@ -11,8 +14,12 @@ import subprocess
 import sys
 import time
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from layouts import write_generic
 from safetensors.torch import load_file
 
@@ -20,6 +27,7 @@ from robustmm.cli import main
 from robustmm.config import ConfigError, load_config, shipped_configs
 from robustmm.data import MissingProtocol, get_dataset_class
 from robustmm.data.protocol import scenario
+from robustmm.training import TrainConfig
 
 SIZES = {"train": 24, "val": 12, "test": 12}
 REALLY_WITHOUT_TEXT = 2
@@ -332,3 +340,67 @@ def test_train_without_a_dataset_says_which_flag_is_missing(capsys):
 def test_a_shipped_config_is_found_by_name(tmp_path, capsys):
     message = error_of(["train", "--config", "food101", "--root", str(tmp_path / "none")], capsys)
     assert f"food101: dataset root {tmp_path / 'none'} is not a folder" in message
+
+
+# ----- options that fit together ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo_run(tmp_path_factory, tiny_encoders):
+    """A shipped config (encoders image and text, 5 warm-up epochs) on a generic dataset whose columns are photo
+    and caption, for one epoch, with kind flags: (argv, run directory, stderr)."""
+    root = tmp_path_factory.mktemp("photo")
+    data = write_generic(root / "data", sizes={"train": 4, "val": 2, "test": 2})
+    argv = [
+        "train", "--config", "food101", "--dataset", "generic", "--root", str(data),
+        "--image-encoder", tiny_encoders["image"], "--text-encoder", tiny_encoders["text"], "--epochs", "1",
+        "--batch-size", "4", "--missing-type", "image", "--missing-rate", "0.5", "--out", str(root / "run"),
+        "--no-progress",
+    ]  # fmt: skip
+    with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        main(argv)
+    return argv, root / "run", stderr.getvalue()
+
+
+def test_a_warm_up_longer_than_training_is_shortened_with_a_note_and_the_run_reruns(photo_run, capsys):
+    argv, run, stderr = photo_run
+    assert "warmup_epochs 5 does not fit in training (epochs 1); shortened to 0.5, half of training" in stderr
+    assert load_config(str(run / "config.yaml")).train.warmup_epochs == 0.5
+    assert capsys.readouterr().err == ""  # the stored value is kept as it is, without a note
+    assert "is complete" in run_cli(argv, capsys)  # the same command finds the same config
+
+
+def test_kind_flags_bind_to_the_datasets_one_modality_of_that_kind(photo_run, tiny_encoders, capsys):
+    _, run, _ = photo_run
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    assert stored["model"]["encoders"] == {
+        "photo": str(Path(tiny_encoders["image"]).resolve()),
+        "caption": {"name_or_path": str(Path(tiny_encoders["text"]).resolve()), "max_length": 40},  # food101's
+    }
+    assert stored["protocol"]["missing_type"] == "photo"
+    train = json.loads((run / "protocol.json").read_text())["splits"]["train"]
+    assert train["simulated_missing"] == {"photo": 2, "caption": 0}
+    argv = ["evaluate", str(run), "--scenarios", "sweep:image", "--rates", "0,1", "--json"]
+    scenarios = json.loads(run_cli(argv, capsys))["runs"][0]["scenarios"]
+    assert [entry["name"] for entry in scenarios] == ["complete", "photo missing"]
+
+
+def test_a_kind_that_several_columns_share_asks_for_encoders_by_name(tmp_path, tiny_encoders, capsys):
+    columns = {"front": "image", "back": "image", "caption": "text"}
+    data = write_generic(tmp_path, columns, sizes=dict.fromkeys(SIZES, 2))
+    argv = [
+        "train", "--dataset", "generic", "--root", str(data), "--image-encoder", tiny_encoders["image"],
+        "--text-encoder", tiny_encoders["text"], "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
+    message = error_of(argv, capsys)
+    assert "'image' could be any of the dataset's image modalities (front, back)" in message
+    assert "--set model.encoders.<name>=ID_OR_PATH" in message
+
+
+def test_a_warm_up_that_does_not_fit_is_shortened_to_half_of_training_once(capsys):
+    config = TrainConfig(epochs=3)  # the default warm-up, 5 epochs
+    assert config.warmup_epochs == 1.5 and "shortened to 1.5" in capsys.readouterr().err
+    assert replace(config, lr=0.1).warmup_epochs == 1.5 and capsys.readouterr().err == ""
+    assert TrainConfig(epochs=6).warmup_epochs == 5 and capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
+        TrainConfig(warmup_epochs=-1)

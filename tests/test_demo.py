@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from robustmm.cli import main
+from robustmm.demo import job_threads
 
 
 def test_quick_demo_writes_results_within_the_bayes_limit(tmp_path, capsys):
@@ -24,3 +27,11 @@ def test_quick_demo_writes_results_within_the_bayes_limit(tmp_path, capsys):
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000
     table = capsys.readouterr().out
     assert "Bayes" in table and "image missing" in table
+
+
+@pytest.mark.parametrize(
+    "jobs, workers, cores, expected",
+    [(9, 2, 2, [1] * 8 + [2]), (3, 2, 2, [1, 1, 2]), (4, 2, 2, [1] * 4), (8, 3, 6, [2] * 6 + [3, 3]), (2, 1, 2, [2, 2])],
+)
+def test_the_last_partial_round_of_runs_takes_the_idle_cores(jobs, workers, cores, expected):
+    assert job_threads(jobs, workers, cores) == expected

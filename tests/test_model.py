@@ -307,6 +307,25 @@ def test_logits_by_availability_match_a_forward_pass_without_the_hidden_modaliti
         model.logits_by_availability(model.collate(samples), {"image missing": {**scenarios["complete"], "image": ~scenarios["complete"]["image"]}})
 
 
+def test_scenario_logits_batch_by_length_and_answer_in_the_order_given(image_text):
+    """Evaluation sorts samples by text length to pad less; logits, labels and each sample's scenario mask must
+    still belong to the sample they were given for."""
+    from robustmm.training import make_loader, scenario_logits
+
+    model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3).eval()
+    samples = make_samples(7)
+    for i, sample in enumerate(samples):
+        sample["text"] = " ".join(["dog"] * ((i * 5) % 7 + 1))  # lengths out of order
+    order = list(make_loader(model, samples, 2, shuffle=False, group_by_length=True).sampler)
+    assert order != sorted(order) and sorted(order) == list(range(7))
+    shown = {"mixed": {"image": torch.tensor([1, 0, 1, 1, 0, 1, 1]).bool(), "text": torch.tensor([1, 1, 0, 1, 1, 0, 1]).bool()}}
+    logits, labels = scenario_logits(model, samples, shown, batch_size=2)
+    assert labels.tolist() == [s["label"] for s in samples]
+    hidden = [{k: (None if k in shown["mixed"] and not shown["mixed"][k][i] else v) for k, v in s.items()}
+              for i, s in enumerate(samples)]
+    torch.testing.assert_close(logits["mixed"], model(model.collate(hidden)).logits)
+
+
 @pytest.mark.parametrize("keep_dropout", [False, True])
 def test_frozen_encoder_dropout_is_off_unless_asked_and_adapter_dropout_follows_the_mode(tiny_encoders, keep_dropout):
     encoders = {"text": {"name_or_path": tiny_encoders["text"], "dropout": keep_dropout}, "image": tiny_encoders["image"]}

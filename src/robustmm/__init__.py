@@ -1,27 +1,42 @@
-"""robustmm: multimodal classification that stays accurate when modalities are missing."""
+"""robustmm: multimodal classification that stays accurate when modalities are missing.
 
-from . import methods  # noqa: F401  (registers the methods)
-from .adapters import AdapterConfig
-from .encoders import EncoderConfig
-from .model import ModelConfig, ModelOutput, MultimodalModel
-from .processing import Batch
-from .registry import build_model, list_methods, load_model, register_method
-from .training import TrainConfig, evaluate, train
+The names below are imported on first use, so that `import robustmm` (and the command line's `--help`) costs
+milliseconds: building a model loads PyTorch, transformers and peft; training also loads Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdapterConfig",
-    "Batch",
-    "EncoderConfig",
-    "ModelConfig",
-    "ModelOutput",
-    "TrainConfig",
-    "MultimodalModel",
-    "build_model",
-    "evaluate",
-    "list_methods",
-    "load_model",
-    "register_method",
-    "train",
-]
+_EXPORTS = {
+    "AdapterConfig": "adapters",
+    "Batch": "processing",
+    "EncoderConfig": "encoders",
+    "ModelConfig": "model",
+    "ModelOutput": "model",
+    "MultimodalModel": "model",
+    "TrainConfig": "training",
+    "build_model": "registry",
+    "evaluate": "training",
+    "list_methods": "registry",
+    "load_model": "registry",
+    "register_method": "registry",
+    "train": "training",
+}
+"""Public name -> the module of this package that defines it."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'robustmm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -3,24 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-
-def quiet_libraries() -> None:
-    """Keep the terminal for our own progress bars and tables: no weight-loading bars, no library chatter."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import logging
-    import warnings
-
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", module="transformers")
-    warnings.filterwarnings("ignore", module="lightning")
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+from .console import quiet_libraries
 
 
 def _demo(args) -> None:
@@ -36,11 +21,10 @@ def _bench(args) -> None:
 
 
 def _methods(args) -> None:
-    from .registry import get_method, list_methods
+    from .registry import METHODS
 
-    for name in list_methods():
-        doc = (get_method(name).__doc__ or "").strip().splitlines()
-        print(f"{name:<10} {doc[0] if doc else ''}")
+    for name in METHODS.names():
+        print(f"{name:<10} {METHODS.summary(name)}")
 
 
 TRAIN_FLAGS = {
@@ -60,6 +44,10 @@ TRAIN_FLAGS = {
 }
 """Flags of `robustmm train` and the config keys they set."""
 ENCODER_FLAGS = ("image", "text", "audio", "video")
+PRECISION_HELP = (
+    "auto (default: bf16-mixed on GPUs and CPUs with native bf16, 32-true elsewhere), 32-true, bf16-mixed, "
+    "16-mixed, ... (Lightning's names)"
+)
 
 
 def train_overrides(args) -> list[tuple[str, object, str]]:
@@ -107,11 +95,12 @@ def _evaluate(args) -> None:
     from pathlib import Path
 
     from .evaluation import evaluate_runs, format_table, log_to_stderr
-    from .model import atomic_write_text
+    from .atomic import atomic_write_text
 
     scenarios = [s for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
     report = evaluate_runs(
-        args.run_dirs, scenarios, args.rates, args.root, args.batch_size, args.split, log=log_to_stderr
+        args.run_dirs, scenarios, args.rates, args.root, args.batch_size, args.split, log=log_to_stderr,
+        precision=args.precision,
     )
     text = json.dumps(report, indent=2)
     if args.out:
@@ -140,19 +129,44 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int)
     demo.add_argument("--lr", type=float)
     demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
-    demo.add_argument("--precision", help="bf16-mixed (default) or 32-true")
+    demo.add_argument("--precision", help=PRECISION_HELP)
     demo.add_argument("--align-weight", type=float, help="CMPT lambda (paper: 0.2; 0 ablates the alignment)")
     demo.add_argument("--align-denominator", choices=["paper", "symmetric", "none"])
     demo.add_argument("--align-detach-target", action=argparse.BooleanOptionalAction, default=None)
     demo.add_argument("--out", help="write results.json and accuracy.png here")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, loads_models=False)  # its training processes quiet the libraries themselves
 
-    bench = commands.add_parser("bench", help="time CMPT against the same model without proxies; prints JSON")
-    bench.add_argument("--hidden-size", type=int, default=128)
-    bench.add_argument("--num-layers", type=int, default=12)
-    bench.add_argument("--batch-size", type=int, default=8)
-    bench.add_argument("--repeats", type=int, default=30)
+    bench = commands.add_parser(
+        "bench",
+        help="time CMPT training: its overhead on the CPU, or with --size its throughput on a device; prints JSON",
+        description="Without --size: CMPT's cost on the CPU, the figures of BENCHMARKS.md (a CMPT training step "
+        "over the same model without proxy tokens, and the inference speed-up of not running a missing "
+        "modality's encoder), on narrow 12-layer encoders. With --size: samples/s, step time, peak memory, "
+        "FLOPs and MFU of a CMPT training step (forward, backward, AdamW) on ViT + BERT encoders of that size "
+        "with random weights, on --device.",
+    )
+    bench.add_argument(
+        "--size", help="measure throughput: tiny (width 64, seconds on a CPU) or base (ViT-B/16 + BERT-base, "
+        "197 image + 40 text tokens)"
+    )
+    bench.add_argument("--batch-size", type=int, help="default 8, with --size 32")
+    bench.add_argument(
+        "--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
+        help="default auto: bf16-mixed where the device computes bf16 natively, else 32-true",
+    )
+    overhead = bench.add_argument_group("CMPT overhead (without --size)")
+    overhead.add_argument("--hidden-size", type=int, help="encoder width (default 128)")
+    overhead.add_argument("--num-layers", type=int, help="encoder depth (default 12)")
+    overhead.add_argument("--repeats", type=int, help="timed pairs of steps (default 30)")
+    throughput = bench.add_argument_group("throughput (with --size)")
+    throughput.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
+    throughput.add_argument("--steps", type=int, help="timed steps (default 20)")
+    throughput.add_argument("--warmup", type=int, help="untimed steps before them (default 3)")
+    throughput.add_argument(
+        "--compile", dest="torch_compile", action="store_true", default=None,
+        help="torch.compile the encoders; the eager model is timed too, for the speed-up and the compile time",
+    )
     bench.set_defaults(func=_bench)
 
     train = commands.add_parser(
@@ -168,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", help="method name (model.method); see `robustmm methods`")
     for modality in ENCODER_FLAGS:
         train.add_argument(
-            f"--{modality}-encoder", metavar="ID_OR_PATH", help=f"{modality} encoder: hub id or local path"
+            f"--{modality}-encoder", metavar="ID_OR_PATH",
+            help=f"hub id or local path of the encoder of the dataset's {modality} modality, whatever it is called",
         )
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -179,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--devices", help="number of devices, a list, or auto")
     train.add_argument("--num-nodes", type=int)
     train.add_argument("--strategy", help="auto, ddp, ...")
-    train.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed, ...")
+    train.add_argument("--precision", help=PRECISION_HELP)
     train.add_argument(
         "--out", help="run directory; may use {dataset}, {method}, {seed}, {missing_type}, {missing_rate}"
     )
@@ -205,12 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--root", help="read the data from here instead of the root the run was trained on")
     evaluate.add_argument("--split", default="test", help="the split to score (default test; e.g. test_unseen)")
     evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     evaluate.add_argument("--out", help="also write the JSON report (with the aggregate over runs) to this file")
     evaluate.set_defaults(func=_evaluate)
 
     methods = commands.add_parser("methods", help="list the registered methods")
-    methods.set_defaults(func=_methods)
+    methods.set_defaults(func=_methods, loads_models=False)
 
     add_data_parser(commands)
     return parser
@@ -218,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
+    if getattr(args, "loads_models", True):
+        quiet_libraries()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:

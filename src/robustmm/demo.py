@@ -19,19 +19,16 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 
-import lightning as L
-import torch
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write, atomic_write_text
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, check_not_above_bayes, demo_encoder_paths
-from .metrics import compute_metrics
-from .model import atomic_write, atomic_write_text
+from .precision import resolve_precision
 from .registry import build_model, get_method
-from .training import TrainConfig, scenario_logits, train
 
 
 @dataclass
@@ -47,8 +44,9 @@ class DemoConfig:
     batch_size: int = 32
     lr: float = 1e-2
     """Higher than the paper's 1e-3: a few hundred steps here against tens of thousands there."""
-    precision: str = "bf16-mixed"
-    """Lightning precision for training and evaluation; bf16 autocast is about 1.4x faster on current CPUs."""
+    precision: str = "auto"
+    """Lightning precision for training and evaluation. `auto`: bf16-mixed where the CPU (or GPU) computes bf16
+    natively, about 1.4x faster than fp32 there; 32-true elsewhere, where bf16 is emulated and ~7x slower."""
     workers: int = 2
     """Runs trained side by side in separate processes, the CPU cores split between them: small encoders use
     one core better than two, so two one-core runs finish sooner than two two-core runs one after the other."""
@@ -84,8 +82,13 @@ def with_only(sample: dict, available, modalities) -> dict:
     return {k: (None if k in modalities and k not in available else v) for k, v in sample.items()}
 
 
+def benchmark_of(config: DemoConfig) -> SyntheticBenchmark:
+    return SyntheticBenchmark(SyntheticConfig(seed=config.data_seed), modalities=tuple(config.modalities))
+
+
 def make_data(config: DemoConfig) -> DemoData:
-    benchmark = SyntheticBenchmark(SyntheticConfig(seed=config.data_seed), modalities=tuple(config.modalities))
+    """The splits, rendered (deterministically from `data_seed`, so every worker process renders the same)."""
+    benchmark = benchmark_of(config)
     scenarios = benchmark.scenarios()
     val = [
         with_only(s, scenarios[i % len(scenarios)]["available"], config.modalities)
@@ -107,18 +110,19 @@ def model_options(config: DemoConfig, data: DemoData, method: str) -> dict:
     return dict(encoders=data.encoders, num_classes=len(data.class_names), class_names=data.class_names, **options)
 
 
-class StepCounter(L.Callback):
-    """Reports every finished training step to `advance`, which feeds the demo's one progress bar."""
-
-    def __init__(self, advance):
-        self.advance = advance
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
-        self.advance(1)
+def check_methods(config: DemoConfig, data: DemoData) -> None:
+    """A bad method or option fails at once, not in a run minutes later."""
+    for method in config.methods:
+        get_method(method).config_from_kwargs(**model_options(config, data, method))
 
 
 def train_and_score(config: DemoConfig, data: DemoData, method: str, seed: int, advance) -> list[dict]:
     """Train one method with one seed on complete data, select it on validation, score every scenario."""
+    import torch
+
+    from .metrics import compute_metrics
+    from .training import StepReporter, TrainConfig, scenario_logits, train
+
     start = time.perf_counter()
     model = build_model(method, **model_options(config, data, method), seed=seed)
     train_config = TrainConfig(
@@ -126,7 +130,7 @@ def train_and_score(config: DemoConfig, data: DemoData, method: str, seed: int, 
         seed=seed, precision=config.precision, group_by_length=True, progress_bar=False,
     )
     with tempfile.TemporaryDirectory(prefix="robustmm-demo-") as checkpoints:
-        train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=[StepCounter(advance)])
+        train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=[StepReporter(advance)])
     size = len(data.test)
     scenarios = {s["name"]: {m: torch.full((size,), m in s["available"]) for m in data.encoders} for s in data.scenarios}
     logits, labels = scenario_logits(model, data.test, scenarios, batch_size=64, precision=config.precision)
@@ -141,15 +145,23 @@ def train_and_score(config: DemoConfig, data: DemoData, method: str, seed: int, 
 _WORKER: dict = {}
 
 
-def _start_worker(config: DemoConfig, data: DemoData, steps, threads: int) -> None:
-    from .cli import quiet_libraries
+def _start_worker(config: DemoConfig, steps) -> None:
+    """Each worker process imports the libraries and renders the data itself, side by side with the others,
+    instead of waiting for the main process to do both and send the data over."""
+    from .console import quiet_libraries
 
     quiet_libraries()
+    _WORKER.update(config=config, data=make_data(config), steps=steps)
+
+
+def _check_in_worker() -> None:
+    check_methods(_WORKER["config"], _WORKER["data"])
+
+
+def _run_in_worker(method: str, seed: int, threads: int) -> list[dict]:
+    import torch
+
     torch.set_num_threads(threads)
-    _WORKER.update(config=config, data=data, steps=steps)
-
-
-def _run_in_worker(method: str, seed: int) -> list[dict]:
     return train_and_score(_WORKER["config"], _WORKER["data"], method, seed, _WORKER["steps"].put)
 
 
@@ -157,13 +169,23 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def job_threads(jobs: int, workers: int, cores: int) -> list[int]:
+    """Threads of each job: the cores split evenly between the workers, except in the last, partial round (9
+    runs on 2 workers: the 9th runs alone), whose runs share the cores that the idle workers leave. A job's
+    thread count depends only on its place in the list, so a demo gives the same figures every time."""
+    threads = [max(1, cores // workers)] * jobs
+    last_round = jobs % workers
+    for index in range(jobs - last_round, jobs):
+        threads[index] = max(1, cores // last_round)
+    return threads
+
+
 def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:
     start = time.perf_counter()
-    data = make_data(config)
-    for method in config.methods:  # a bad method or option fails now, not in a worker minutes later
-        get_method(method).config_from_kwargs(**model_options(config, data, method))
+    config = replace(config, precision=resolve_precision(config.precision))
     jobs = [(method, seed) for seed in config.seeds for method in config.methods]
     workers = max(1, min(config.workers, len(jobs), available_cores()))
+    threads = job_threads(len(jobs), workers, available_cores())
     bar = tqdm(total=len(jobs) * config.steps_per_run, desc="training steps", unit="step", disable=not progress)
     write = bar.write if progress else log
     runs = []
@@ -176,6 +198,11 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
     write(f"training {len(jobs)} models ({', '.join(config.methods)} x {len(config.seeds)} seeds) on "
           f"{config.train_size} complete samples, {workers} at a time")
     if workers == 1:
+        from .console import quiet_libraries
+
+        quiet_libraries()
+        data = make_data(config)
+        check_methods(config, data)
         for method, seed in jobs:
             finished(train_and_score(config, data, method, seed, bar.update))
     else:
@@ -183,21 +210,23 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         steps = context.Queue()
         listener = threading.Thread(target=_drain, args=(steps, bar), daemon=True)
         listener.start()
-        threads = max(1, available_cores() // workers)
-        with ProcessPoolExecutor(workers, context, _start_worker, (config, data, steps, threads)) as pool:
-            for future in as_completed([pool.submit(_run_in_worker, method, seed) for method, seed in jobs]):
+        with ProcessPoolExecutor(workers, context, _start_worker, (config, steps)) as pool:
+            pool.submit(_check_in_worker).result()
+            runs_started = [pool.submit(_run_in_worker, *job, n) for job, n in zip(jobs, threads)]
+            for future in as_completed(runs_started):
                 finished(future.result())
         steps.put(None)
         listener.join()
     bar.close()
+    scenarios = benchmark_of(config).scenarios()
     order = {job: index for index, job in enumerate(jobs)}
     runs.sort(key=lambda r: order[r["method"], r["seed"]])
     result = {
-        "scenarios": data.scenarios,
+        "scenarios": scenarios,
         "runs": runs,
         "wall_seconds": round(time.perf_counter() - start, 1),
         "config": asdict(config),
-        "above_bayes": above_bayes(data.scenarios, runs, config.test_size),
+        "above_bayes": above_bayes(scenarios, runs, config.test_size),
     }
     if out_dir is not None:
         write_outputs(result, Path(out_dir))

@@ -15,15 +15,17 @@ import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, config_differences, read_run_config
-from .data.protocol import Scenario, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
+from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
 from .metrics import compute_metrics, default_metrics, per_class_scores
-from .model import MultimodalModel, atomic_write_text
+from .atomic import atomic_write_text
+from .model import MultimodalModel
+from .precision import resolve_precision
 from .registry import load_model
 from .training import predict_logits, scenario_logits
 
@@ -49,9 +51,12 @@ def inference_device(accelerator: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def score(model: MultimodalModel, view, metrics: Sequence[str], batch_size: int = 32, num_workers: int = 0) -> dict:
+def score(
+    model: MultimodalModel, view, metrics: Sequence[str], batch_size: int = 32, num_workers: int = 0,
+    precision: str = "32-true",
+) -> dict:
     """Metrics, per-class scores and sample counts per availability pattern of `model` on a protocol view."""
-    logits, labels = predict_logits(model, view, batch_size, num_workers)
+    logits, labels = predict_logits(model, view, batch_size, num_workers, precision)
     return summarize(view, logits, labels, metrics, model.config.multilabel)
 
 
@@ -76,13 +81,14 @@ def shown(table) -> dict[str, torch.Tensor]:
 
 
 def parse_scenarios(
-    specs: Sequence[str], modalities: Sequence[str], rates: Sequence[float] | None = None, both_ratio: float = 0.5
+    specs: Sequence[str], modalities: Mapping[str, str], rates: Sequence[float] | None = None, both_ratio: float = 0.5
 ) -> list[Scenario]:
     """Scenarios from names: `complete`, `missing` (each modality entirely missing, paper Table 2),
-    `sweep:<modality>` (100% of the others + x% of it, Fig. 2/3; `sweep` alone: every modality) and `grid`
-    (the MAP test cells: each modality or both missing at each rate, Tables 1/8). `rates` are missing rates for
-    sweeps and the grid. Scenarios that two specs share are kept once."""
-    modalities = list(modalities)
+    `sweep:<modality>` (100% of the others + x% of it, Fig. 2/3; `sweep` alone: every modality; a kind such as
+    `sweep:image` sweeps the dataset's one image modality) and `grid` (the MAP test cells: each modality or both
+    missing at each rate, Tables 1/8). `modalities` maps the dataset's modalities to their kinds; `rates` are
+    missing rates for sweeps and the grid. Scenarios that two specs share are kept once."""
+    names = list(modalities)
     chosen: dict[str, Scenario] = {}
     for spec in specs:
         kind, _, argument = spec.strip().partition(":")
@@ -91,18 +97,18 @@ def parse_scenarios(
         if argument and kind != "sweep":
             raise ValueError(f"scenario {kind!r} takes no argument, got {spec!r}")
         if kind == "complete":
-            found = [complete_scenario(modalities)]
+            found = [complete_scenario(names)]
         elif kind == "missing":
-            found = modality_missing_scenarios(modalities)
+            found = modality_missing_scenarios(names)
         elif kind == "sweep":
-            swept = [argument] if argument else modalities
+            swept = [bind_kind(argument, modalities, "sweep each by name (sweep:<name>)")] if argument else names
             unknown = [m for m in swept if m not in modalities]
             if unknown:
-                raise ValueError(f"cannot sweep {', '.join(unknown)}: the dataset has {', '.join(modalities)}")
+                raise ValueError(f"cannot sweep {', '.join(unknown)}: the dataset has {', '.join(names)}")
             kept = {} if rates is None else {"kept_fractions": [1.0 - rate for rate in rates]}
-            found = [item for m in swept for item in rate_sweep(modalities, m, **kept)]
+            found = [item for m in swept for item in rate_sweep(names, m, **kept)]
         else:
-            found = map_grid(modalities, rates or GRID_RATES, both_ratio=both_ratio)[0][1]
+            found = map_grid(names, rates or GRID_RATES, both_ratio=both_ratio)[0][1]
         for item in found:
             chosen.setdefault(item.name, item)
     return list(chosen.values())
@@ -117,12 +123,14 @@ def evaluate_run(
     split: str = "test",
     datasets: dict | None = None,
     log=None,
+    precision: str = "auto",
 ) -> dict:
     """Score the model of one run on its test split under each scenario (default: the config's `evaluation`).
 
     `root` reads the data from another folder than the one the run was trained on; `split` picks another
     labelled split the reader has (e.g. Hateful Memes' test_unseen), under the test rate of each scenario;
-    `datasets` caches opened splits between runs of one experiment.
+    `datasets` caches opened splits between runs of one experiment. `precision` is chosen for the machine that
+    evaluates (`auto`), not taken from the one that trained, and is recorded with the results.
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir / RUN_CONFIG)
@@ -136,11 +144,12 @@ def evaluate_run(
     test = datasets[key]
     chosen = parse_scenarios(
         scenarios or config.evaluation.scenarios,
-        list(test.modalities),
+        test.modalities,
         config.evaluation.rates if rates is None else rates,
         config.protocol.both_ratio,
     )
     model = load_model(run_dir / "model").to(inference_device(config.train.accelerator))
+    precision = resolve_precision(precision, config.train.accelerator)
     views = {
         item.name: test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
         for item in chosen
@@ -153,7 +162,7 @@ def evaluate_run(
         {name: shown(view.table) for name, view in views.items()},
         batch_size or config.evaluation.batch_size,
         config.train.num_workers,
-        config.train.precision,
+        precision,
     )
     results = [
         {
@@ -169,6 +178,7 @@ def evaluate_run(
         "dataset": config.dataset.name,
         "method": config.model.method,
         "seed": config.train.seed,
+        "precision": precision,
         "scenarios": results,
     }
 
@@ -207,6 +217,7 @@ def evaluate_runs(
     batch_size: int | None = None,
     split: str = "test",
     log=None,
+    precision: str = "auto",
 ) -> dict:
     """Evaluate each run and, for several, aggregate them; they must be seeds of one config.
 
@@ -230,7 +241,7 @@ def evaluate_runs(
     datasets: dict = {}
     runs = []
     for run_dir in run_dirs:
-        result = evaluate_run(run_dir, scenarios, rates, root, batch_size, split, datasets, log)
+        result = evaluate_run(run_dir, scenarios, rates, root, batch_size, split, datasets, log, precision)
         text = json.dumps(result, indent=2)
         atomic_write_text(Path(run_dir) / "evaluation.json", text)
         runs.append(result)

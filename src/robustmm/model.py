@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from .adapters import AdapterConfig
+from .atomic import atomic_write, atomic_write_text
 from .encoders import EncoderConfig, ModalityEncoder
 from .processing import Batch, Collator
 
@@ -100,22 +100,6 @@ def scatter_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def select_rows(inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: v[keep] for k, v in inputs.items()}
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename it, so a killed run leaves no half file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda temporary: Path(temporary).write_text(text))
 
 
 class MultimodalModel(nn.Module):

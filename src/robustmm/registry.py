@@ -1,22 +1,31 @@
-"""A registry of methods and one factory, `build_model(method, ...)`, plus `load_model(dir)`."""
+"""A registry of methods and one factory, `build_model(method, ...)`, plus `load_model(dir)`.
+
+This module imports nothing heavy: the built-in entries are listed by name and imported on first use, so that
+`robustmm methods` and `--help` answer without loading PyTorch, and registering a method of one's own is one
+decorator.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from .model import CONFIG_FILE, WEIGHTS_FILE, MultimodalModel
 
 class Registry:
     """Names -> classes, filled by a class decorator, so that one factory looks a name up instead of an if/elif
-    chain. Names are matched case-insensitively with '-' as '_'; each class gets its name as `attribute`, and
-    `load` (when given) imports the built-in entries on first use."""
+    chain. Names are matched case-insensitively with '-' as '_'; each class gets its name as `attribute`.
 
-    def __init__(self, kind: str, attribute: str, load=None):
-        self.kind, self.attribute, self.load = kind, attribute, load
+    `builtin` maps the names of the package's own entries to "module:Class"; such an entry is imported when it is
+    first asked for, and its module must register it under that name.
+    """
+
+    def __init__(self, kind: str, attribute: str, builtin: dict[str, str] | None = None):
+        self.kind, self.attribute = kind, attribute
+        self.builtin = {self.key(name): target for name, target in (builtin or {}).items()}
         self.entries: dict[str, type] = {}
 
     @staticmethod
@@ -34,22 +43,49 @@ class Registry:
 
         return decorator
 
-    def _loaded(self) -> dict[str, type]:
-        if self.load is not None:
-            self.load()
-        return self.entries
-
     def names(self) -> list[str]:
-        return sorted(self._loaded())
+        return sorted(set(self.builtin) | set(self.entries))
 
     def get(self, name: str) -> type:
-        entries = self._loaded()
-        if self.key(name) not in entries:
-            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(sorted(entries))}")
-        return entries[self.key(name)]
+        key = self.key(name)
+        if key not in self.entries and key in self.builtin:
+            importlib.import_module(self.builtin[key].partition(":")[0])
+            if key not in self.entries:
+                raise RuntimeError(f"{self.builtin[key]} did not register {self.kind} {key!r}")
+        if key not in self.entries:
+            raise ValueError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}")
+        return self.entries[key]
+
+    def summary(self, name: str) -> str:
+        """The first line of the entry's docstring, read from its source when it is not imported yet."""
+        key = self.key(name)
+        if key in self.entries:
+            doc = self.entries[key].__doc__
+        else:
+            module, _, class_name = self.builtin[key].partition(":")
+            tree = ast.parse(_source_file(module).read_text())
+            found = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+            doc = ast.get_docstring(found[0]) if found else None
+        lines = (doc or "").strip().splitlines()
+        return lines[0] if lines else ""
 
 
-METHODS = Registry("method", "method")
+def _source_file(module: str) -> Path:
+    """The file of `module`, found without importing its parent packages (`find_spec` would import them)."""
+    top, *rest = module.split(".")
+    path = Path(importlib.util.find_spec(top).origin).parent.joinpath(*rest)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+METHODS = Registry(
+    "method",
+    "method",
+    builtin={
+        "baseline": "robustmm.methods.baseline:PlaceholderFusion",
+        "dropout": "robustmm.methods.baseline:ModalityDropout",
+        "cmpt": "robustmm.methods.cmpt:CMPT",
+    },
+)
 
 
 def register_method(name: str):
@@ -61,11 +97,12 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-def get_method(name: str) -> type[MultimodalModel]:
+def get_method(name: str) -> type:
+    """The `MultimodalModel` subclass registered as `name`."""
     return METHODS.get(name)
 
 
-def build_model(method: str = "cmpt", *, encoders: dict, num_classes: int, **options) -> MultimodalModel:
+def build_model(method: str = "cmpt", *, encoders: dict, num_classes: int, **options):
     """Build a model of `method` over `encoders` (modality name -> hub id, local path, `EncoderConfig` or dict).
 
     Options are the method's config fields (see `robustmm.methods`), plus the adapter shorthands `adapter`
@@ -75,8 +112,12 @@ def build_model(method: str = "cmpt", *, encoders: dict, num_classes: int, **opt
     return cls(cls.config_from_kwargs(encoders, num_classes, **options))
 
 
-def load_model(directory: str | os.PathLike) -> MultimodalModel:
+def load_model(directory: str | os.PathLike):
     """Rebuild a model saved by `save_pretrained`: the encoders are loaded again from their recorded paths."""
+    from safetensors.torch import load_file
+
+    from .model import CONFIG_FILE, WEIGHTS_FILE
+
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():

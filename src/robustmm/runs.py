@@ -22,13 +22,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, RunConfig, config_differences, read_run_config
+from .data.protocol import bind_kind
 from .evaluation import dataset_metrics, inference_device, open_split, parse_scenarios, score
 from .metrics import METRICS
-from .model import atomic_write_text
+from .atomic import atomic_write_text
+from .precision import AUTO, resolve_precision
 from .registry import build_model
-from .training import train
+from .training import TrainConfig, train
 
 SPLITS = ("train", "val", "test")
 RESERVED_OPTIONS = {
@@ -64,12 +67,27 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ConfigError(f"out: {config.out!r} may use {names} only ({error!r})") from None
     dataset = replace(config.dataset, root=str(Path(config.dataset.root).expanduser().resolve()))
     encoders = {modality: _absolute_encoder(value) for modality, value in config.model.encoders.items()}
+    out = Path(out).expanduser().resolve()
     return replace(
         config,
-        out=str(Path(out).expanduser().resolve()),
+        out=str(out),
         dataset=dataset,
         model=replace(config.model, encoders=encoders),
+        train=replace(config.train, precision=run_precision(config.train, out)),
     )
+
+
+def run_precision(train: TrainConfig, run_dir: Path) -> str:
+    """The concrete precision of a run: as given, or for `auto` the one that the run directory already records
+    (a run resumed on another machine continues as it started), else the one this machine's hardware suits."""
+    if train.precision != AUTO:
+        return train.precision
+    stored = run_dir / RUN_CONFIG
+    if stored.is_file():
+        recorded = (yaml.safe_load(stored.read_text()) or {}).get("train", {}).get("precision")
+        if recorded and recorded != AUTO:
+            return recorded
+    return resolve_precision(AUTO, train.accelerator)
 
 
 def _absolute_encoder(value):
@@ -78,6 +96,33 @@ def _absolute_encoder(value):
         return {**value, "name_or_path": _absolute_encoder(value["name_or_path"])}
     if isinstance(value, str) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().resolve())
+    return value
+
+
+def bind_to_dataset(config: RunConfig, modalities: dict[str, str]) -> RunConfig:
+    """`config` with kinds (`image` from `--image-encoder` or `--missing-type image`) bound to the dataset's
+    modality of that kind (`bind_kind`; `modalities`: name -> kind), e.g. a generic dataset's `photo`. Done
+    before the config is compared with a stored one and stored, so that the run directory names what was trained
+    and `--image-encoder X` and `--set model.encoders.photo=X` are one run. An encoder keyed by a kind gives way
+    where every modality of that kind has its own (a shipped config's `image` beside `model.encoders.photo`)."""
+    given = config.model.encoders
+    encoders = {}
+    for key, value in given.items():
+        of_kind = [m for m, kind in modalities.items() if kind == key]
+        if key not in modalities and of_kind and all(m in given for m in of_kind):
+            continue
+        hint = f"instead of model.encoders.{key}, set one for each with --set model.encoders.<name>=ID_OR_PATH"
+        encoders[bind_kind(key, modalities, hint)] = value
+    return replace(config, protocol=config.protocol.bound(modalities), model=replace(config.model, encoders=encoders))
+
+
+def _with_kind(value, kind: str):
+    """The encoder `value` reading a modality of `kind` unless it names its own: the dataset knows each
+    modality's kind, which neither a name such as `photo` nor every model family tells."""
+    if isinstance(value, str):
+        return {"name_or_path": value, "kind": kind}
+    if isinstance(value, dict):
+        return {**value, "kind": value.get("kind") or kind}
     return value
 
 
@@ -100,7 +145,7 @@ def build_run_model(config: RunConfig, dataset):
     try:
         return build_model(
             section.method,
-            encoders={m: section.encoders[m] for m in modalities},
+            encoders={m: _with_kind(section.encoders[m], kind) for m, kind in dataset.modalities.items()},
             num_classes=dataset.num_classes,
             multilabel=dataset.multilabel,
             class_names=list(dataset.class_names),
@@ -117,9 +162,10 @@ def check_before_training(config: RunConfig, dataset) -> None:
     unknown = [name for name in config.train.metrics if name not in METRICS]
     if unknown:
         raise ConfigError(f"train.metrics: unknown metric(s) {', '.join(unknown)}; available: {', '.join(METRICS)}")
-    modalities = list(dataset.modalities)
-    config.protocol.targets(modalities)
-    parse_scenarios(config.evaluation.scenarios, modalities, config.evaluation.rates, config.protocol.both_ratio)
+    config.protocol.targets(list(dataset.modalities))
+    parse_scenarios(
+        config.evaluation.scenarios, dataset.modalities, config.evaluation.rates, config.protocol.both_ratio
+    )
 
 
 def check_run_dir(run_dir: Path, config: RunConfig) -> bool:
@@ -145,6 +191,7 @@ def train_run(config: RunConfig, log=print) -> Path:
     splits = {split: open_split(config.dataset, split) for split in SPLITS}
     if config.train.metrics is None:
         config = replace(config, train=replace(config.train, metrics=dataset_metrics(splits["train"])))
+    config = bind_to_dataset(config, splits["train"].modalities)
     run_dir = Path(config.out)
     check_before_training(config, splits["train"])
     writer = is_global_zero()
@@ -185,8 +232,8 @@ def train_run(config: RunConfig, log=print) -> Path:
         "seed": config.train.seed,
         "protocol": config.protocol.hash(),
         "selected": selected,
-        "val": score(model, views["val"], config.train.metrics, batch_size, workers),
-        "test": score(model, views["test"], config.train.metrics, batch_size, workers),
+        "val": score(model, views["val"], config.train.metrics, batch_size, workers, config.train.precision),
+        "test": score(model, views["test"], config.train.metrics, batch_size, workers, config.train.precision),
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     for split in ("val", "test"):

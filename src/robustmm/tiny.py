@@ -17,12 +17,12 @@ WORDS = (
 ).split()
 
 
-def _size(hidden_size: int, num_layers: int, heads: int | None) -> dict:
+def _size(hidden_size: int, num_layers: int, heads: int | None, intermediate_size: int | None) -> dict:
     return {
         "hidden_size": hidden_size,
         "num_hidden_layers": num_layers,
         "num_attention_heads": heads or max(1, hidden_size // 32),
-        "intermediate_size": hidden_size * 2,
+        "intermediate_size": intermediate_size or hidden_size * 2,
     }
 
 
@@ -36,19 +36,26 @@ def save_tiny_encoder(
     patch_size: int = 16,
     seed: int = 0,
     family: str | None = None,
+    intermediate_size: int | None = None,
+    vocab_size: int | None = None,
 ) -> str:
-    """Save a random encoder of `kind` (text: BERT, image: ViT or `family="clip"`, audio: AST) with its processor."""
+    """Save a random encoder of `kind` (text: BERT, image: ViT or `family="clip"`, audio: AST) with its processor.
+
+    `intermediate_size` defaults to twice the width. `vocab_size` (text) defaults to the tiny tokenizer's own
+    vocabulary; a larger one (30522 for a BERT-base-sized model) only adds embedding rows that the tokenizer
+    never produces ids for."""
     import transformers as hf
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    size = _size(hidden_size, num_layers, heads)
+    size = _size(hidden_size, num_layers, heads, intermediate_size)
     if kind == "text":
         vocab = directory / "vocab.txt"
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-        hf.BertTokenizer(vocab_file=str(vocab)).save_pretrained(directory)
-        model = hf.BertModel(hf.BertConfig(vocab_size=len(WORDS) + 5, max_position_embeddings=512, **size))
+        hf.BertTokenizer(vocab=str(vocab)).save_pretrained(directory)
+        vocab_size = vocab_size or len(WORDS) + 5
+        model = hf.BertModel(hf.BertConfig(vocab_size=vocab_size, max_position_embeddings=512, **size))
     elif kind == "image" and family == "clip":
         model = hf.CLIPVisionModel(hf.CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **size))
         hf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(directory)

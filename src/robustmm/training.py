@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +24,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Sampler
 
 from .metrics import compute_metrics, default_metrics
-from .model import MultimodalModel, atomic_write_text
+from .atomic import atomic_write_text
+from .model import MultimodalModel
+from .precision import resolve_precision
 
 
 @dataclass
@@ -34,6 +37,9 @@ class TrainConfig:
     weight_decay: float = 0.02
     adam_eps: float = 1e-8
     warmup_epochs: float = 5
+    """Epochs at the start whose learning rate is `warmup_factor` times `lr` (paper: 5 of 10). A warm-up that
+    does not end before training does (the default with 5 epochs or fewer) is shortened to half of training,
+    the paper's proportion, with a note on stderr; runs store the shortened value, so they resume unchanged."""
     warmup_factor: float = 0.1
     """The learning rate during warm-up is this times `lr` (constant), as the paper describes."""
     poly_power: float = 0.9
@@ -43,7 +49,9 @@ class TrainConfig:
     devices: int | str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = "auto"
+    """Lightning's precision; `auto` chooses bf16-mixed where the hardware computes bf16 natively (recent CUDA
+    GPUs, CPUs with AVX512-BF16 or AMX) and 32-true elsewhere (`robustmm.precision`)."""
     accumulate_grad_batches: int = 1
     group_by_length: bool = False
     """Batch texts of similar length together (within groups of a few batches of the shuffled epoch), which
@@ -56,8 +64,16 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be >= 0 and below epochs ({self.epochs})")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.warmup_epochs >= self.epochs:
+            shortened = self.epochs / 2
+            print(
+                f"note: warmup_epochs {self.warmup_epochs:g} does not fit in training (epochs {self.epochs}); "
+                f"shortened to {shortened:g}, half of training as in the paper (5 of 10 epochs)",
+                file=sys.stderr,
+            )
+            self.warmup_epochs = shortened
 
 
 def poly_schedule(total_steps: int, warmup_steps: int, warmup_factor: float, power: float):
@@ -131,6 +147,16 @@ class LitClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+class StepReporter(L.Callback):
+    """Calls `advance(1)` after every training step, e.g. to feed one progress bar from several runs."""
+
+    def __init__(self, advance):
+        self.advance = advance
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
+        self.advance(1)
+
+
 GROUP_BATCHES = 8
 """With `group_by_length`, the shuffled epoch is sorted by length in groups of this many batches."""
 
@@ -179,13 +205,15 @@ class EpochShuffle(Sampler):
         return grouped
 
 
-def text_lengths(model: MultimodalModel, samples: Sequence[dict]) -> list[int]:
-    """Characters of text per sample, the cue of `group_by_length`. Datasets give them from their records
-    (`text_lengths()`), so that nothing is loaded to measure them."""
+def text_lengths(model: MultimodalModel, samples: Sequence[dict]) -> list[int] | None:
+    """Characters of text per sample, the cue of `group_by_length`, or None when the samples cannot tell
+    without being loaded. Datasets give them from their records (`text_lengths()`)."""
+    if not model.collator.text_modalities:
+        return None
     if hasattr(samples, "text_lengths"):
         return samples.text_lengths()
     if not isinstance(samples, list):
-        raise TypeError("group_by_length needs a list of samples or a dataset with text_lengths()")
+        return None
     texts = model.collator.text_modalities
     return [sum(len(sample.get(m) or "") for m in texts) for sample in samples]
 
@@ -199,11 +227,16 @@ def make_loader(
     seed: int = 0,
     group_by_length: bool = False,
 ):
-    """Training loaders shuffle with `EpochShuffle`; evaluation loaders keep the order and are not sharded."""
-    sampler = None
+    """Training loaders shuffle with `EpochShuffle`; evaluation loaders are not sharded and keep the order, or
+    with `group_by_length` go from the longest text to the shortest, which pads least (the loader's sampler
+    then holds the order, for the caller to undo)."""
+    lengths = text_lengths(model, samples) if group_by_length else None
     if shuffle:
-        lengths = text_lengths(model, samples) if group_by_length else None
         sampler = EpochShuffle(len(samples), seed, lengths, batch_size)
+    elif lengths is not None:
+        sampler = sorted(range(len(samples)), key=lambda i: -lengths[i])
+    else:
+        sampler = None
     return DataLoader(
         samples,
         batch_size=batch_size,
@@ -229,6 +262,7 @@ def train(
     checkpoint, and the selected model is saved to `out_dir/model` (`load_model` reads it back).
     """
     config = replace(config, **overrides) if config is not None else TrainConfig(**overrides)
+    config = replace(config, precision=resolve_precision(config.precision, config.accelerator))
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = LitClassifier(model, config)
     metric = f"val/{(config.metrics or default_metrics(model.config.multilabel))[0]}"
@@ -272,7 +306,9 @@ def train(
         make_loader(
             model, train_samples, config.batch_size, True, config.num_workers, config.seed, config.group_by_length
         ),
-        None if val_samples is None else make_loader(model, val_samples, config.batch_size, False, config.num_workers),
+        None if val_samples is None else make_loader(
+            model, val_samples, config.batch_size, False, config.num_workers, group_by_length=config.group_by_length
+        ),
         ckpt_path=resume,
     )
     if checkpoint is not None and val_samples is not None and checkpoint.best_model_path:
@@ -302,7 +338,7 @@ def predict_logits(
     return logits["as given"], labels
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def scenario_logits(
     model: MultimodalModel,
     samples: Sequence[dict],
@@ -312,20 +348,25 @@ def scenario_logits(
     precision="32-true",
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Logits of labelled samples under each scenario (name -> modality -> [N] bools: what each sample may show),
-    and the labels, from one encoding pass (`MultimodalModel.logits_by_availability`)."""
+    and the labels, in the order of `samples`, from one encoding pass (`MultimodalModel.logits_by_availability`).
+    Batches go from the longest text to the shortest, which pads least."""
     model.eval()
     device = model.head.weight.device
+    loader = make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers, group_by_length=True)
+    order = torch.as_tensor(list(loader.sampler), dtype=torch.long)
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in scenarios}
     labels, start = [], 0
-    for batch in make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers):
-        rows = slice(start, start + len(batch))
+    for batch in loader:
+        rows = order[start : start + len(batch)]
         shown = {name: {m: mask[rows].to(device) for m, mask in masks.items()} for name, masks in scenarios.items()}
         with autocast(precision, device):
             for name, values in model.logits_by_availability(batch.to(device), shown).items():
                 logits[name].append(values.float().cpu())
         labels.append(batch.labels)
-        start = rows.stop
-    return {name: torch.cat(values) for name, values in logits.items()}, torch.cat(labels)
+        start += len(batch)
+    unsorted = torch.empty_like(order)
+    unsorted[order] = torch.arange(len(order))
+    return {name: torch.cat(values)[unsorted] for name, values in logits.items()}, torch.cat(labels)[unsorted]
 
 
 def evaluate(

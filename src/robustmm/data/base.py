@@ -406,12 +406,13 @@ class ProtocolView(Dataset):
     """A dataset split with a missing protocol applied; reports real vs simulated missingness.
 
     The table is seeded by (protocol seed, split) and the sample ids, so the same protocol gives the same
-    samples their missing modalities whatever the order or the other splits.
+    samples their missing modalities whatever the order or the other splits. A kind in the protocol's missing
+    type means the dataset's one modality of that kind (`MissingProtocol.bound`).
     """
 
     def __init__(self, dataset: MultimodalDataset, protocol: MissingProtocol, split: str | None = None, cache_dir=None):
         self.dataset = dataset
-        self.protocol = protocol
+        self.protocol = protocol = protocol.bound(dataset.modalities)
         self.table: MissingTable = protocol.missing_table(
             split or dataset.split,
             dataset.ids,

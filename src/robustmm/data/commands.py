@@ -227,7 +227,7 @@ def write_fbanks(args) -> None:
     A validation split held out of the training list is covered by reading the whole training list."""
     import numpy as np
 
-    from ..model import atomic_write
+    from ..atomic import atomic_write
     from .base import SAMPLE_RATE, load_audio
     from .registry import get_dataset_class
 

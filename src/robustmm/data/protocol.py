@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -52,13 +52,27 @@ def _rate_split(split: str) -> str:
     return base
 
 
+def bind_kind(name: str, modalities: Mapping[str, str], hint: str) -> str:
+    """The modality of a dataset (`modalities`: name -> kind) that `name` means: itself if the dataset has it,
+    else the dataset's one modality of kind `name`, so that a kind (`--image-encoder`, `--missing-type image`,
+    `sweep:image`) finds a generic dataset's `photo` column. Any other name comes back unchanged, for the caller
+    to report; a kind that several modalities share is an error ending in `hint`."""
+    if name in modalities:
+        return name
+    matches = [modality for modality, kind in modalities.items() if kind == name]
+    if len(matches) > 1:
+        raise ValueError(f"{name!r} could be any of the dataset's {name} modalities ({', '.join(matches)}): {hint}")
+    return matches[0] if matches else name
+
+
 @dataclass(frozen=True)
 class MissingProtocol:
     """Per-split missing rates, the missing type, the both-ratio and the seed (see the module docstring).
 
     `missing_type`: one modality name ("text", "image", "audio", ...), several joined by "+" ("audio+video"),
     "both" (the two modalities of a two-modality dataset) or "all" (every modality). For "both"/"all" the order
-    is the dataset's declared order, which for MM-IMDb, Food-101 and Hateful Memes is image, text.
+    is the dataset's declared order, which for MM-IMDb, Food-101 and Hateful Memes is image, text. A kind
+    ("image") stands for the dataset's one modality of that kind (`bound`).
 
     `both_ratio`: with two candidate modalities, the share of the missing samples that lose the FIRST one (for
     the image-text datasets: the image, exactly MAP's `both_ratio`). With more, the missing samples are split
@@ -88,6 +102,13 @@ class MissingProtocol:
     def uniform(cls, rate: float, missing_type: str = "all", both_ratio: float = 0.5, seed: int = 0):
         """The same missing rate in every split (the MAP default)."""
         return cls(rate, rate, rate, missing_type, both_ratio, seed)
+
+    def bound(self, modalities: Mapping[str, str]) -> "MissingProtocol":
+        """This protocol with each kind in `missing_type` replaced by the dataset's modality of that kind
+        (`bind_kind`; `modalities`: name -> kind)."""
+        hint = "name the ones meant in the missing type, joined by '+'"
+        parts = [bind_kind(part, modalities, hint) for part in self.missing_type.split("+")]
+        return replace(self, missing_type="+".join(parts))
 
     def missing_rate(self, split: str) -> float:
         return getattr(self, f"{_rate_split(split)}_missing_rate")

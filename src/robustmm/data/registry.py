@@ -5,14 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..registry import Registry
-from .base import MultimodalDataset
 
-
-def _load_builtin() -> None:
-    from . import datasets  # noqa: F401  (importing the package registers the built-in readers)
-
-
-DATASETS = Registry("dataset", "name", load=_load_builtin)
+DATASETS = Registry(
+    "dataset",
+    "name",
+    builtin={
+        name: f"robustmm.data.datasets.{name}:{cls}"
+        for name, cls in {
+            "ave": "AVE",
+            "crema_d": "CremaD",
+            "food101": "Food101",
+            "generic": "Generic",
+            "hateful_memes": "HatefulMemes",
+            "kinetics_sounds": "KineticsSounds",
+            "mmimdb": "MMIMDb",
+        }.items()
+    },
+)
 
 
 def register_dataset(name: str):
@@ -24,10 +33,11 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
-def get_dataset_class(name: str) -> type[MultimodalDataset]:
+def get_dataset_class(name: str) -> type:
+    """The `MultimodalDataset` subclass registered as `name`."""
     return DATASETS.get(name)
 
 
-def get_dataset(name: str, root: str | Path, split: str = "train", **options) -> MultimodalDataset:
+def get_dataset(name: str, root: str | Path, split: str = "train", **options):
     """Read split `split` of dataset `name` from `root`; `options` go to the reader (see its docstring)."""
     return get_dataset_class(name)(root, split, **options)
