@@ -109,7 +109,7 @@ def test_run_directory_holds_config_protocol_logs_model_and_metrics(runs, data):
         assert metrics[split]["protocol"] == protocol.hash() and metrics[split]["samples"] == SIZES[split]
         assert set(metrics[split]["metrics"]) == {"accuracy"}
         assert set(metrics[split]["per_class"]) == {"cat", "dog", "bird"}
-    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == [".lock"]  # no temporary file left behind
 
 
 def test_a_finished_run_is_not_trained_again(runs, command, capsys):
@@ -140,8 +140,12 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(runs, comma
     process.wait()
     assert not (run / "metrics.json").exists() and not (run / "model").exists(), "the run ended before the kill"
 
-    out = run_cli(command(run, "--seed", "0"), capsys)
+    main(command(run, "--seed", "0"))
+    out, err = capsys.readouterr()
     assert MissingProtocol.uniform(0.5).describe() in out
+    last = re.escape(str(run / "checkpoints" / "last.ckpt"))
+    resumed_at = re.search(rf"resuming from {last}: ([1-4]) of 4 epochs done \(step (\d+)\)", err)
+    assert resumed_at and int(resumed_at[2]) == 6 * int(resumed_at[1]), err  # 6 batches of 4 per epoch
     assert (run / "logs" / "version_1").is_dir()  # the second attempt resumed rather than started over
     straight, resumed = (json.loads((r / "metrics.json").read_text()) for r in (runs[0], run))
     assert resumed["selected"] == straight["selected"]
@@ -279,7 +283,7 @@ def test_config_then_flags_then_set_overrides(tmp_path):
     config = load_config(args.config, train_overrides(args))
     assert config.model.encoders["text"] == {"name_or_path": "/models/bert", "max_length": 256}
     assert (config.protocol.train_missing_rate, config.protocol.test_missing_rate) == (0.3, 1.0)
-    assert config.train.devices == "auto" and config.model.options == {"align_weight": 0}
+    assert config.train.devices == "auto" and config.model.options == {"align_denominator": "paper", "align_weight": 0}
     assert config.train.lr == 1e-3 and isinstance(config.train.lr, float)  # YAML reads 1.0e-3 and 1e-3 alike
 
     path = tmp_path / "mine.yaml"
@@ -404,3 +408,18 @@ def test_a_warm_up_that_does_not_fit_is_shortened_to_half_of_training_once(capsy
     assert TrainConfig(epochs=6).warmup_epochs == 5 and capsys.readouterr().err == ""
     with pytest.raises(ValueError, match="warmup_epochs must be >= 0"):
         TrainConfig(warmup_epochs=-1)
+
+
+def test_another_methods_options_in_a_shipped_config_are_left_out_with_a_note():
+    """The shipped configs set CMPT's `align_denominator: paper`; `--method dropout` on them still trains."""
+    from robustmm.runs import without_other_methods_options
+
+    notes = []
+    config = load_config("food101", [("model.method", "dropout", "--method"), ("model.options.rank", 2, "--set")])
+    kept = without_other_methods_options(config, notes.append)
+    assert kept.model.options == {"rank": 2}
+    assert notes == ["note: model.options.align_denominator is an option of cmpt, not of dropout: left out"]
+    cmpt = load_config("food101")
+    assert without_other_methods_options(cmpt, notes.append).model.options == {"align_denominator": "paper"}
+    typo = load_config("food101", [("model.options.align_denominatr", "none", "--set")])
+    assert "align_denominatr" in without_other_methods_options(typo, notes.append).model.options  # build_model says

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from robustmm.cli import main
-from robustmm.demo import job_threads
+from robustmm.demo import DemoConfig, bayes_correct_on_test, benchmark_of, job_threads, mcnemar_above
 
 
 def test_quick_demo_writes_results_within_the_bayes_limit(tmp_path, capsys):
@@ -20,11 +20,20 @@ def test_quick_demo_writes_results_within_the_bayes_limit(tmp_path, capsys):
         (m, 0, s) for m in ("baseline", "dropout", "cmpt") for s in bayes
     }
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in runs)
-    assert result["above_bayes"] == []  # beating the limit beyond sampling error would mean a leak
+    assert result["above_bayes"] == []  # beating the Bayes classifier beyond chance would mean a leak
+    assert all(0.0 <= r["p_above_bayes"] <= 1.0 and "correct" not in r for r in runs)
+    assert all(0.0 < s["bayes_accuracy_test"] <= 1.0 for s in result["scenarios"])
     complete = {r["method"]: r["accuracy"] for r in runs if r["scenario"] == "complete"}
     assert min(complete.values()) > 0.4  # chance is 1/8
     assert result["wall_seconds"] > 0
-    assert (tmp_path / "accuracy.png").stat().st_size > 10_000
+    assert (tmp_path / "accuracy.png").stat().st_size > 10_000 and (tmp_path / "missing-rate.png").is_file()
+    for sweep in result["sweeps"]:  # 0% missing is the complete scenario, 100% the one-missing one
+        ends = {r["scenario"]: r["accuracy"] for r in runs if (r["method"], r["seed"]) == (sweep["method"], sweep["seed"])}
+        assert sweep["accuracy"][0] == pytest.approx(ends["complete"], abs=1e-6)
+        assert sweep["accuracy"][-1] == pytest.approx(ends[f"{sweep['modality']} missing"], abs=1e-6)
+    assert {(s["modality"], s["method"]) for s in result["sweeps"]} == {
+        (m, method) for m in ("image", "text") for method in ("baseline", "dropout", "cmpt")
+    }
     table = capsys.readouterr().out
     assert "Bayes" in table and "image missing" in table
 
@@ -35,3 +44,26 @@ def test_quick_demo_writes_results_within_the_bayes_limit(tmp_path, capsys):
 )
 def test_the_last_partial_round_of_runs_takes_the_idle_cores(jobs, workers, cores, expected):
     assert job_threads(jobs, workers, cores) == expected
+
+
+def test_the_bayes_classifier_on_the_default_test_set():
+    """The generator's own classifier on the demo's 1000 test samples (the population limits are 0.886 / 0.734 /
+    0.706: the sample's figures differ from them by sampling error only)."""
+    config = DemoConfig()
+    correct = bayes_correct_on_test(config, benchmark_of(config).scenarios())
+    assert {name: round(float(c.mean()), 3) for name, c in correct.items()} == {
+        "complete": 0.897, "text missing": 0.749, "image missing": 0.734,
+    }
+
+
+def test_mcnemar_flags_a_model_that_beats_the_bayes_classifier_on_the_same_samples():
+    import numpy as np
+
+    bayes = np.array([True] * 700 + [False] * 300)
+    assert mcnemar_above(bayes.copy(), bayes) == 1.0  # never disagree: no evidence
+    better = bayes.copy()
+    better[700:760] = True  # right on 60 samples where Bayes is wrong, wrong nowhere else
+    assert mcnemar_above(better, bayes) < 1e-6
+    swapped = bayes.copy()
+    swapped[700:730], swapped[:30] = True, False  # as often right as Bayes: no evidence either way
+    assert mcnemar_above(swapped, bayes) > 0.4

@@ -74,6 +74,20 @@ def cls_features(modality: str, path: str, samples: list[dict]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("modality", ["image", "audio"])
+def test_shipped_encoders_speak_as_loud_as_the_text_encoder(paths, benchmark_splits, modality, minilm_path):
+    """Additive fusion should not favour a modality by the scale of its encoder: the class features of the
+    shipped encoders have the text encoder's spread, within 15% (measured on other samples than the script's)."""
+    train, _ = benchmark_splits
+    spread = cls_features(modality, paths[modality], train).std(axis=0).mean()
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    model = AutoModel.from_pretrained(minilm_path, dtype=torch.float32).eval()
+    texts = [s["text"] for s in SyntheticBenchmark(modalities=("text",)).sample(PROBE_SAMPLES, "train")]
+    with torch.no_grad():
+        text = model(**tokenizer(texts, padding=True, return_tensors="pt")).last_hidden_state[:, 0].numpy()
+    assert spread == pytest.approx(text.std(axis=0).mean(), rel=0.15)
+
+
+@pytest.mark.parametrize("modality", ["image", "audio"])
 def test_cls_features_predict_the_class(paths, benchmark_splits, modality):
     """A linear probe on 200 train samples beats chance (1/8) by far on 200 val samples."""
     train, val = benchmark_splits
@@ -98,6 +112,8 @@ def test_pretraining_script_writes_loadable_encoders(tmp_path):
     for modality in ("image", "audio"):
         record = json.loads((tmp_path / modality / "pretraining.json").read_text())
         assert record["train_samples"] == 64 and set(record["heldout_accuracy"]) >= {"message"}
+        spread = record["feature_spread"]  # the class feature rescaled to the text encoder's spread
+        assert spread["after"] == pytest.approx(spread["reference_text"], rel=1e-3)
         model = AutoModel.from_pretrained(tmp_path / modality, dtype=torch.float32)
         assert model.config.hidden_size == HIDDEN_SIZE
     assert AutoImageProcessor.from_pretrained(tmp_path / "image").size == {"height": 32, "width": 32}

@@ -122,6 +122,43 @@ def test_baseline_encodes_the_placeholder_once_per_step(image_text):
     torch.testing.assert_close(out.fused[0], out.cls["text"][0] + placeholder)
 
 
+@pytest.mark.parametrize("choice, value", [("zeros", 0.0), ("ones", 1.0)])
+def test_image_and_audio_placeholders_can_be_normalized_zeros_or_ones(tiny_encoders, choice, value):
+    encoders = {"image": tiny_encoders["image"], "audio": tiny_encoders["audio"], "text": tiny_encoders["text"]}
+    black = robustmm.build_model("dropout", encoders=encoders, num_classes=3)
+    chosen = robustmm.build_model("dropout", encoders=encoders, num_classes=3, placeholder=choice,
+                                  audio_placeholder=choice)
+    for modality, key in (("image", "pixel_values"), ("audio", "input_values")):
+        inputs = chosen.placeholder_inputs(modality)[key]
+        assert inputs.shape == black.placeholder_inputs(modality)[key].shape and bool((inputs == value).all())
+    torch.testing.assert_close(black.placeholder_inputs("text"), chosen.placeholder_inputs("text"))  # always ""
+    assert not bool((black.placeholder_inputs("image")["pixel_values"] == value).all())  # black is neither
+    with pytest.raises(ValueError, match="placeholder must be one of black, zeros, ones"):
+        robustmm.build_model("baseline", encoders=encoders, num_classes=3, placeholder="grey")
+
+
+@pytest.mark.parametrize("method", ["baseline", "cmpt"])
+def test_layernorm_fusion_makes_predictions_blind_to_an_encoders_scale(image_text, method):
+    samples = make_samples(4)
+    samples[1]["image"], samples[2]["text"] = None, None
+    outputs = {}
+    for norm in ("none", "layernorm"):
+        model = robustmm.build_model(method, encoders=image_text, num_classes=3, fusion_norm=norm).eval()
+        batch = model.collate(samples)
+        plain = model(batch)
+        encoder = model.encoders["image"]
+        forward = encoder.forward
+        encoder.forward = lambda inputs: tuple(5.0 * t for t in forward(inputs))  # an encoder 5x louder
+        outputs[norm] = plain, model(batch)
+    plain, louder = outputs["layernorm"]
+    torch.testing.assert_close(plain.logits, louder.logits, atol=1e-4, rtol=1e-4)
+    rows = plain.present["image"]
+    torch.testing.assert_close(plain.cls["image"][rows].std(-1, unbiased=False), torch.ones(int(rows.sum())), atol=1e-3, rtol=0)
+    assert not plain.cls["image"][~rows].any()  # a missing modality stays a zero row
+    plain, louder = outputs["none"]
+    assert not torch.allclose(plain.logits, louder.logits, atol=1e-3)
+
+
 def test_sample_without_any_modality_is_an_error_naming_it(image_text):
     model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3)
     samples = make_samples(3)

@@ -41,3 +41,20 @@ def test_group_by_length_pads_less_and_keeps_the_epoch_random():
         for a in group:
             for b in group:
                 assert a is b or a[-1] <= b[0] or b[-1] <= a[0]
+
+
+def test_warm_up_ramps_linearly_by_default_or_holds_constant():
+    import pytest
+
+    from robustmm.training import TrainConfig, poly_schedule
+
+    assert TrainConfig().warmup_method == "linear"
+    linear = poly_schedule(100, 50, 0.1, 0.9)
+    constant = poly_schedule(100, 50, 0.1, 0.9, "constant")
+    assert linear(0) == constant(0) == pytest.approx(0.1)
+    assert linear(25) == pytest.approx(0.55) and constant(25) == pytest.approx(0.1)
+    assert linear(50) == constant(50) == pytest.approx(1.0)  # both decay alike after the warm-up
+    assert linear(100) == constant(100) == 0.0
+    assert sum(linear(s) for s in range(50)) / 50 == pytest.approx(0.55, abs=0.01)  # the paper's 5 of 10 epochs
+    with pytest.raises(ValueError, match="warmup_method"):
+        TrainConfig(warmup_method="cosine")

@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--align-denominator", choices=["paper", "symmetric", "none"])
     demo.add_argument("--align-detach-target", action=argparse.BooleanOptionalAction, default=None)
     demo.add_argument("--out", help="write results.json and accuracy.png here")
+    demo.add_argument(
+        "--option", action="append", metavar="KEY=VALUE",
+        help="an option of every method, e.g. fusion_norm=layernorm or rank=4 (repeatable)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo, loads_models=False)  # its training processes quiet the libraries themselves
 
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         quiet_libraries()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input, a missing file, a full disk: the message says which
         print(f"robustmm {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModel
 
@@ -60,14 +61,31 @@ class EncoderConfig:
         if Path(self.name_or_path).exists():
             self.name_or_path = str(Path(self.name_or_path).resolve())
 
+    def model_config(self, modality: str):
+        """The encoder's `transformers` config. Read before anything else of the encoder, so that one that cannot be
+        found is reported with its modality (for a local path that does not exist, transformers answers with the
+        rules of hub ids)."""
+        if not Path(self.name_or_path).exists():
+            try:
+                validate_repo_id(self.name_or_path)
+            except HFValidationError:
+                raise ValueError(
+                    f"modality {modality!r}: no folder {self.name_or_path}, and {self.name_or_path!r} is not a hub id"
+                ) from None
+        try:
+            return AutoConfig.from_pretrained(self.name_or_path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"modality {modality!r}: cannot load encoder {self.name_or_path!r}: {error}") from error
+
     def resolve_kind(self, modality: str) -> str:
+        config = self.model_config(modality)
         if self.kind is not None:
             if self.kind not in KINDS:
                 raise ValueError(f"modality {modality!r}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
             return self.kind
         if modality in KINDS:
             return modality
-        model_type = AutoConfig.from_pretrained(self.name_or_path).model_type
+        model_type = config.model_type
         if model_type not in KIND_BY_MODEL_TYPE:
             raise ValueError(
                 f"cannot tell which kind of input modality {modality!r} is ({model_type} model); pass kind="

@@ -11,13 +11,14 @@ import itertools
 import json
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .adapters import AdapterConfig
 from .atomic import atomic_write, atomic_write_text
@@ -25,6 +26,7 @@ from .encoders import EncoderConfig, ModalityEncoder
 from .processing import Batch, Collator
 
 MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
+FUSION_NORMS = ("none", "layernorm")
 CONFIG_FILE = "robustmm_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -46,6 +48,12 @@ class ModelConfig:
     """`batch`: one draw per training step, as the paper ("in each iteration"); `sample`: one draw per sample."""
     seed: int = 0
     """Initial values of proxies and head, and the modality-dropout stream."""
+    fusion_norm: str = "none"
+    """`none` (the paper's plain sum) or `layernorm`: each encoder's class and proxy outputs are normalized to zero
+    mean and unit variance over the features (no learned scale) before fusion and the alignment loss. Use it when
+    the encoders' features differ in scale (e.g. an encoder that ends without a LayerNorm next to one that ends
+    with it): additive fusion otherwise hears the larger one louder. Real ViT-B and BERT-base both end in
+    LayerNorm, the situation of the paper."""
 
     def __post_init__(self):
         self.encoders = {
@@ -63,6 +71,8 @@ class ModelConfig:
             raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
         if self.modality_dropout not in MODALITY_DROPOUT:
             raise ValueError(f"modality_dropout must be one of {MODALITY_DROPOUT}, got {self.modality_dropout!r}")
+        if self.fusion_norm not in FUSION_NORMS:
+            raise ValueError(f"fusion_norm must be one of {', '.join(FUSION_NORMS)}, got {self.fusion_norm!r}")
         if self.modality_dropout_level not in ("batch", "sample"):
             raise ValueError(f"modality_dropout_level must be 'batch' or 'sample', got {self.modality_dropout_level!r}")
 
@@ -176,15 +186,26 @@ class MultimodalModel(nn.Module):
         if not torch.equal(keep, present):
             inputs = select_rows(inputs, keep[present])
         cls, proxies = self.encoders[modality](inputs)
-        return scatter_rows(cls, keep), scatter_rows(proxies, keep)
+        return scatter_rows(self.fusion_normalize(cls), keep), scatter_rows(self.fusion_normalize(proxies), keep)
+
+    def placeholder_inputs(self, modality: str) -> dict[str, torch.Tensor]:
+        """The processed input that stands in for a missing `modality` (a batch of one): by default the
+        processor's placeholder (empty text, black image, silence); methods may choose another."""
+        return self.collator.placeholder(modality)
 
     def encode_placeholder(self, modality: str, device: torch.device) -> torch.Tensor:
         """CLS feature of the modality's placeholder input, computed once per call and shared by all samples."""
         if modality not in self._placeholder_inputs:
-            self._placeholder_inputs[modality] = self.collator.placeholder(modality)
+            self._placeholder_inputs[modality] = self.placeholder_inputs(modality)
         inputs = {k: v.to(device) for k, v in self._placeholder_inputs[modality].items()}
         cls, _ = self.encoders[modality](inputs)
-        return cls[0]
+        return self.fusion_normalize(cls)[0]
+
+    def fusion_normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs as fusion sees them (`ModelConfig.fusion_norm`)."""
+        if self.config.fusion_norm == "layernorm":
+            return F.layer_norm(features, features.shape[-1:])
+        return features
 
     def drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training-time modality dropout over the truly present modalities; never leaves a sample empty."""
@@ -251,15 +272,26 @@ class MultimodalModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, samples: list[dict], batch_size: int = 32) -> torch.Tensor:
-        """Class probabilities (softmax, or per-class sigmoid for multi-label) for samples with any modalities."""
+        """Class probabilities (softmax, or per-class sigmoid for multi-label) for samples with any modalities:
+        `[len(samples), num_classes]`, so `[0, num_classes]` for no samples. Labels in the samples are ignored;
+        errors name a sample by its position in `samples`."""
+        if isinstance(samples, Mapping) or not isinstance(samples, (list, tuple)):
+            raise ValueError(f"predict takes a list of samples (dicts), got a {type(samples).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not samples:
+            return torch.empty(0, self.config.num_classes)
         was_training = self.training
         self.eval()
         device = self.head.weight.device
         try:
             chunks = []
             for start in range(0, len(samples), batch_size):
-                batch = self.collate([{k: v for k, v in s.items() if k != "label"} for s in samples[start : start + batch_size]])
-                logits = self(batch.to(device)).logits
+                chunk = [
+                    {k: v for k, v in s.items() if k != "label"} if isinstance(s, Mapping) else s
+                    for s in samples[start : start + batch_size]
+                ]
+                logits = self(self.collator(chunk, first_index=start).to(device)).logits
                 chunks.append(torch.sigmoid(logits) if self.config.multilabel else logits.softmax(-1))
             return torch.cat(chunks).cpu()
         finally:
@@ -295,21 +327,31 @@ class MultimodalModel(nn.Module):
         return {n: t.detach().cpu().contiguous() for n, t in self.state_dict().items() if n in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_state_dict())
-        missing, unexpected = expected - set(state), set(state) - expected
+        """Load what `trainable_state_dict` saved; names and shapes are checked first, so that weights of another
+        model are reported by the first tensor that does not fit rather than by PyTorch's list of all of them."""
+        expected = self.trainable_state_dict()
+        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
         if missing or unexpected:
             raise ValueError(
                 f"weights do not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
             )
+        for name, tensor in expected.items():
+            if state[name].shape != tensor.shape:
+                raise ValueError(
+                    f"weights do not fit this model: {name} has shape {list(state[name].shape)}, "
+                    f"the model expects {list(tensor.shape)}"
+                )
         self.load_state_dict(state, strict=False)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the config (JSON) and the trained weights (safetensors) atomically into `directory`."""
+        """Write the config (JSON) and the trained weights (safetensors) atomically into `directory`. The weights
+        (the trainable state only, small) are serialized in memory and written by Python, so that a failed write
+        reports the OS error (`atomic_write`), which safetensors' own file writer turns into text."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"method": self.method, **self.config.to_dict()}
-        state = self.trainable_state_dict()
-        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"method": self.method}))
+        weights = safetensors_bytes(self.trainable_state_dict(), metadata={"method": self.method})
+        atomic_write(directory / WEIGHTS_FILE, lambda p: Path(p).write_bytes(weights))
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod

@@ -8,6 +8,8 @@ missing modality use `Collator.placeholder(modality)`, one processed placeholder
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,28 +18,81 @@ import torch
 from PIL import Image
 
 KINDS = ("text", "image", "audio", "video")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+IMAGE_FILE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError)
+"""What Pillow raises for unreadable, truncated or oversized files (a broken PNG chunk is a SyntaxError)."""
+FBANK_WINDOW_SECONDS, FBANK_HOP_SECONDS = 0.025, 0.010
+"""Window and hop of the Kaldi-style fbank that AST's feature extractor computes (400 and 160 samples at 16 kHz)."""
 
 
-def _sample_name(index: int, sample: dict) -> str:
-    return f"sample {index}" + (f" (id {sample['id']!r})" if "id" in sample else "")
+def _sample_name(index: int, sample) -> str:
+    named = isinstance(sample, Mapping) and "id" in sample
+    return f"sample {index}" + (f" (id {sample['id']!r})" if named else "")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB. Pillow converts 16-bit greyscale (`I;16`: 16-bit PNGs) by clipping at 255, which
+    turns nearly every pixel white, so such images are scaled to 8 bits first. Alpha is dropped (a transparent
+    pixel keeps its stored colour), as `convert("RGB")` does."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
+    return image.convert("RGB")
 
 
 def _as_image(value, where: str) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value.convert("RGB")
     if isinstance(value, (str, Path)):
         try:
-            with Image.open(value) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as error:
+            with Image.open(value) as opened:
+                image = to_rgb(opened)
+        except IMAGE_FILE_ERRORS as error:
             raise ValueError(f"{where}: cannot read image file {str(value)!r}: {error}") from error
-    if isinstance(value, np.ndarray) and value.ndim in (2, 3):
-        return Image.fromarray(value).convert("RGB")
-    raise ValueError(f"{where}: expected a PIL image, an image path or an HxW(xC) array, got {type(value).__name__}")
+    elif isinstance(value, Image.Image):
+        image = to_rgb(value)
+    elif isinstance(value, np.ndarray) and value.ndim in (2, 3):
+        if value.dtype.kind == "f":
+            raise ValueError(f"{where}: a float pixel array is ambiguous (0..1 or 0..255?); pass uint8 pixels")
+        try:
+            image = to_rgb(Image.fromarray(value))
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"{where}: cannot make an image of a {value.dtype} array of shape {value.shape}; pass uint8 pixels, "
+                "HxW, HxWx3 or HxWx4"
+            ) from error
+    else:
+        kind = type(value).__name__
+        raise ValueError(f"{where}: expected a PIL image, an image path or an HxW(xC) array, got {kind}")
+    if not image.width or not image.height:
+        raise ValueError(f"{where}: the image is empty ({image.width}x{image.height} pixels)")
+    return image
+
+
+POSITIONS_FROM_PADDING = (
+    "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer", "data2vec-text"
+)
+"""Families that number positions from `pad_token_id + 1`: that many of their position embeddings never hold a
+token."""
+
+
+def model_positions(name_or_path: str) -> int | None:
+    """How many tokens the text model at `name_or_path` can take (None when its config sets no limit)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path)
+    config = getattr(config, "text_config", None) or config
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and config.model_type in POSITIONS_FROM_PADDING:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
 
 
 class TextProcessor:
-    """Tokenizes with the encoder's own tokenizer; the placeholder for a missing text is the empty string."""
+    """Tokenizes with the encoder's own tokenizer; the placeholder for a missing text is the empty string.
+
+    Longer texts are truncated to `max_length` tokens: by default the least of 512, the tokenizer's limit and the
+    model's positions (a tokenizer often allows more than a small model has); never more than the model's
+    positions, beyond which it would fail on a long text. A present empty string is encoded as it is, as the
+    empty text that stands in for a missing one; only None marks a text as missing.
+    """
 
     kind = "text"
 
@@ -45,7 +100,10 @@ class TextProcessor:
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.max_length = max_length or min(self.tokenizer.model_max_length, 512)
+        positions = model_positions(name_or_path)
+        if max_length is not None and positions is not None and max_length > positions:
+            raise ValueError(f"{name_or_path}: max_length {max_length} is more than the {positions} tokens it takes")
+        self.max_length = max_length or min(self.tokenizer.model_max_length, positions or 512, 512)
 
     def placeholder(self) -> str:
         return ""
@@ -54,6 +112,11 @@ class TextProcessor:
         for value, name in zip(values, where):
             if not isinstance(value, str):
                 raise ValueError(f"{name}: text must be a str, got {type(value).__name__}")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as error:
+                reason = f"{error.reason} at character {error.start}"
+                raise ValueError(f"{name}: text is not valid Unicode ({reason})") from None
         encoded = self.tokenizer(
             values, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -83,7 +146,8 @@ class AudioProcessor:
 
     Accepts a 1-D waveform at the extractor's sampling rate, or a precomputed 2-D fbank `[frames, bins]` (the
     layout of the audio-visual benchmarks), which is padded or cut to the extractor's length and normalized with
-    its mean and std exactly like a waveform's fbank. The placeholder is one second of silence.
+    its mean and std exactly like a waveform's fbank. The placeholder is one second of silence. Audio with no
+    samples or frames, or with NaN or inf, is an error: None marks a missing audio.
     """
 
     kind = "audio"
@@ -104,19 +168,36 @@ class AudioProcessor:
             frames = (frames - extractor.mean) / (extractor.std * 2)
         return torch.from_numpy(frames)
 
+    def _waveform(self, array: np.ndarray) -> torch.Tensor:
+        """Features of a finite, non-empty waveform. A recording longer than the extractor's window is first cut to
+        the samples its kept frames read: the extractor would compute the fbank of the whole recording and then
+        drop the extra frames, the same result at a cost that grows with the length. One shorter than a single
+        fbank window is padded with silence, on which the extractor would otherwise fail."""
+        extractor = self.extractor
+        rate = extractor.sampling_rate
+        window, hop = round(FBANK_WINDOW_SECONDS * rate), round(FBANK_HOP_SECONDS * rate)
+        frames = getattr(extractor, "max_length", None)
+        if frames:
+            array = array[: (frames - 1) * hop + window]
+        if len(array) < window:
+            array = np.pad(array, (0, window - len(array)))
+        return extractor(array, sampling_rate=rate, return_tensors="pt")["input_values"][0]
+
     def __call__(self, values: list, where: list[str]) -> dict[str, torch.Tensor]:
         bins = getattr(self.extractor, "num_mel_bins", None)
         rows = []
         for value, name in zip(values, where):
-            array = np.asarray(value, dtype=np.float32)
+            try:
+                array = np.asarray(value, dtype=np.float32)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{name}: audio must be an array of numbers, got {type(value).__name__}") from error
+            if array.ndim in (1, 2) and not len(array):
+                unit = "samples" if array.ndim == 1 else "frames"
+                raise ValueError(f"{name}: audio is empty (0 {unit}); None marks a missing audio")
+            if array.ndim in (1, 2) and not np.isfinite(array).all():
+                raise ValueError(f"{name}: audio {'waveform' if array.ndim == 1 else 'fbank'} contains NaN or inf")
             if array.ndim == 1:
-                if not np.isfinite(array).all():
-                    raise ValueError(f"{name}: audio waveform contains NaN or inf")
-                rows.append(
-                    self.extractor(array, sampling_rate=self.extractor.sampling_rate, return_tensors="pt")[
-                        "input_values"
-                    ][0]
-                )
+                rows.append(self._waveform(array))
             elif array.ndim == 2 and (bins is None or array.shape[1] == bins):
                 rows.append(self._fbank(array))
             else:
@@ -130,7 +211,8 @@ class VideoProcessor:
     """A list of frames; `num_frames` are taken uniformly and processed like images, giving `[B, F, C, H, W]`.
 
     Random frame choice for training belongs to the dataset (it knows the split); here the choice is uniform and
-    deterministic, as at test time in the paper. The placeholder is `num_frames` black frames.
+    deterministic, as at test time in the paper. A clip with fewer frames repeats some; frames of any sizes are
+    each resized like an image. The placeholder is `num_frames` black frames.
     """
 
     kind = "video"
@@ -179,21 +261,33 @@ class Batch:
         )
 
 
+def class_index(value, num_classes: int, name: str) -> int:
+    """`value` as a class index: an int (Python, NumPy or a 0-d integer tensor) in 0..num_classes-1. A bool or a
+    float is refused rather than cast: True or 2.0 as a class usually means a column read with the wrong type."""
+    try:
+        index = operator.index(value)
+    except TypeError:
+        index = None
+    if index is None or isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"{name}: label {value!r} is a {type(value).__name__}, not a class index in 0..{num_classes - 1}"
+        )
+    if not 0 <= index < num_classes:
+        raise ValueError(f"{name}: label {index} is outside 0..{num_classes - 1}")
+    return index
+
+
 def encode_labels(labels: list, num_classes: int, multilabel: bool, where: list[str]) -> torch.Tensor:
     """Class indices for single-label tasks; multi-hot float rows for multi-label ones (labels as index lists)."""
     if multilabel:
         target = torch.zeros(len(labels), num_classes)
         for row, (label, name) in enumerate(zip(labels, where)):
-            indices = [label] if isinstance(label, int) else list(label)
-            for index in indices:
-                if not 0 <= int(index) < num_classes:
-                    raise ValueError(f"{name}: label {index} is outside 0..{num_classes - 1}")
-                target[row, int(index)] = 1.0
+            if isinstance(label, (str, bytes, Mapping)) or not np.iterable(label):
+                label = [label]  # one index, or a value that class_index reports
+            for index in label:
+                target[row, class_index(index, num_classes, name)] = 1.0
         return target
-    for label, name in zip(labels, where):
-        if not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
-            raise ValueError(f"{name}: label {label!r} is not a class index in 0..{num_classes - 1}")
-    return torch.tensor([int(label) for label in labels], dtype=torch.long)
+    return torch.tensor([class_index(label, num_classes, name) for label, name in zip(labels, where)], dtype=torch.long)
 
 
 class Collator:
@@ -217,10 +311,16 @@ class Collator:
         processor = self.processors[modality]
         return processor([processor.placeholder()], [f"{modality} placeholder"])
 
-    def __call__(self, samples: list[dict]) -> Batch:
+    def __call__(self, samples: list[dict], first_index: int = 0) -> Batch:
+        """`first_index`: the position of `samples[0]` in the caller's list, so that errors name the right one."""
+        if isinstance(samples, Mapping) or not isinstance(samples, (list, tuple)):
+            raise ValueError(f"expected a list of samples (dicts), got a {type(samples).__name__}")
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
-        where = [_sample_name(i, s) for i, s in enumerate(samples)]
+        where = [_sample_name(first_index + i, s) for i, s in enumerate(samples)]
+        for name, sample in zip(where, samples):
+            if not isinstance(sample, Mapping):
+                raise ValueError(f"{name}: a sample is a dict of modality values, got a {type(sample).__name__}")
         present = {m: torch.tensor([s.get(m) is not None for s in samples]) for m in self.processors}
         available = torch.stack(list(present.values())).any(0)
         if not available.all():
@@ -234,6 +334,9 @@ class Collator:
             if rows:
                 inputs[modality] = processor([samples[i][modality] for i in rows], [where[i] for i in rows])
         labels = None
-        if all("label" in s and s["label"] is not None for s in samples):
+        labelled = [s.get("label") is not None for s in samples]
+        if any(labelled) and not all(labelled):
+            raise ValueError(f"{where[labelled.index(False)]} has no label while others have one: label all or none")
+        if all(labelled):
             labels = encode_labels([s["label"] for s in samples], self.num_classes, self.multilabel, where)
         return Batch(present=present, inputs=inputs, labels=labels, ids=[s.get("id", i) for i, s in enumerate(samples)])

@@ -113,17 +113,40 @@ def build_model(method: str = "cmpt", *, encoders: dict, num_classes: int, **opt
 
 
 def load_model(directory: str | os.PathLike):
-    """Rebuild a model saved by `save_pretrained`: the encoders are loaded again from their recorded paths."""
+    """Rebuild a model saved by `save_pretrained`: the encoders are loaded again from their recorded paths.
+
+    A damaged or mismatched file is a `ValueError` that names it: the weights are read before the encoders are
+    loaded, so that a truncated file is reported at once.
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .model import CONFIG_FILE, WEIGHTS_FILE
 
     directory = Path(directory)
-    config_path = directory / CONFIG_FILE
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a directory written by save_pretrained?")
-    options = json.loads(config_path.read_text())
-    cls = get_method(options.pop("method"))
-    model = cls(cls.config_class(**options))
-    model.load_trainable_state_dict(load_file(directory / WEIGHTS_FILE))
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{directory} holds {CONFIG_FILE} but no {WEIGHTS_FILE}; was saving interrupted?")
+    try:
+        options = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(options, dict) or "method" not in options:
+            raise ValueError("expected a JSON object with a 'method'")
+        cls = get_method(options.pop("method"))
+        config = cls.config_class(**options)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{config_path}: damaged or not written by this version of robustmm: {error}") from error
+    try:
+        state = load_file(weights_path)
+    except SafetensorError as error:
+        raise ValueError(f"{weights_path}: damaged or incomplete safetensors file ({error})") from error
+    try:
+        model = cls(config)
+    except ValueError as error:  # an encoder recorded by path was moved or deleted since
+        raise ValueError(f"{config_path}: cannot rebuild the model it records: {error}") from error
+    try:
+        model.load_trainable_state_dict(state)
+    except ValueError as error:
+        raise ValueError(f"{weights_path}: {error}") from error
     return model

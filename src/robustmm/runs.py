@@ -8,16 +8,19 @@
       logs/, tensorboard/ CSV and TensorBoard logs, one version per attempt
       model/              the selected model (`robustmm.load_model`)
       metrics.json        validation and test metrics of the selected model, with per-class scores
+      .lock               locked while a `robustmm train` works here (its pid and start time)
 
 Starting the same command again resumes a killed run from its last checkpoint and ends with the metrics an
 uninterrupted run has; a run whose metrics are written is complete and is not trained again. A directory that
-holds a run of a different config is refused rather than mixed.
+holds a run of a different config, or that another `robustmm train` is working in, is refused rather than mixed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +37,9 @@ from .registry import build_model
 from .training import TrainConfig, train
 
 SPLITS = ("train", "val", "test")
+ADAPTER_SHORTHANDS = {"adapter", "rank", "alpha", "adapter_dropout"}
+"""Options that every method takes (`build_model`), besides its config's fields."""
+LOCK = ".lock"
 RESERVED_OPTIONS = {
     "seed": "train.seed (--seed)",
     "num_classes": "the dataset",
@@ -156,6 +162,30 @@ def build_run_model(config: RunConfig, dataset):
         raise ConfigError(f"model: {error}") from error
 
 
+def without_other_methods_options(config: RunConfig, log=print) -> RunConfig:
+    """`config` without the model options that belong to other methods only, each left out with a note, so that
+    `--method dropout` on a shipped CMPT config (which sets `align_denominator`) trains instead of refusing.
+    An option that no registered method has stays, for `build_model` to reject as the typo it is."""
+    from dataclasses import fields
+
+    from .registry import METHODS
+
+    def options_of(name: str) -> set[str]:
+        cls = METHODS.get(name)
+        return {f.name for f in fields(cls.config_class)} | ADAPTER_SHORTHANDS
+
+    own = options_of(config.model.method)
+    others = {name: options_of(name) for name in METHODS.names() if METHODS.key(name) != METHODS.key(config.model.method)}
+    kept = {}
+    for key, value in config.model.options.items():
+        owners = [name for name, names in others.items() if key in names]
+        if key not in own and owners:
+            log(f"note: model.options.{key} is an option of {', '.join(owners)}, not of {config.model.method}: left out")
+            continue
+        kept[key] = value
+    return replace(config, model=replace(config.model, options=kept))
+
+
 def check_before_training(config: RunConfig, dataset) -> None:
     """Mistakes that would otherwise surface only after training: metric names, the missing type and the
     evaluation scenarios for this dataset's modalities."""
@@ -173,7 +203,7 @@ def check_run_dir(run_dir: Path, config: RunConfig) -> bool:
     something else."""
     stored = run_dir / RUN_CONFIG
     if not stored.is_file():
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(path.name != LOCK for path in run_dir.iterdir()):
             raise ConfigError(f"{run_dir} is not empty and holds no {RUN_CONFIG}: choose another --out")
         return False
     differences = config_differences(read_run_config(stored), config, EXECUTION_KEYS)
@@ -185,19 +215,52 @@ def check_run_dir(run_dir: Path, config: RunConfig) -> bool:
     return (run_dir / "metrics.json").is_file()
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold `RUN_DIR/.lock`, so that a second `robustmm train` on the directory is refused instead of writing
+    beside the first. The OS releases an flock when its process ends, however it ends: a killed run leaves the
+    file but no lock."""
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: runs go unguarded there
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK, "a+") as handle:  # "a+" keeps the holder's pid and time readable until locked
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "pid unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by another robustmm train ({holder}); wait for it or choose another --out"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        handle.flush()
+        yield
+
+
 def train_run(config: RunConfig, log=print) -> Path:
     """Train the run `config` describes into its directory (resuming it if it was interrupted); returns it."""
     config = resolve(config)
     splits = {split: open_split(config.dataset, split) for split in SPLITS}
     if config.train.metrics is None:
         config = replace(config, train=replace(config.train, metrics=dataset_metrics(splits["train"])))
-    config = bind_to_dataset(config, splits["train"].modalities)
+    config = without_other_methods_options(bind_to_dataset(config, splits["train"].modalities), log)
     run_dir = Path(config.out)
     check_before_training(config, splits["train"])
     writer = is_global_zero()
     if writer and check_run_dir(run_dir, config):
         log(f"{run_dir} is complete; its metrics are in {run_dir / 'metrics.json'}")
         return run_dir
+    with run_lock(run_dir) if writer else contextlib.nullcontext():
+        _train_and_score(config, splits, run_dir, writer, log)
+    return run_dir
+
+
+def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: bool, log) -> None:
+    """`train_run` in its checked (and, by the writer, locked) directory."""
     model = build_run_model(config, splits["train"])
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +280,7 @@ def train_run(config: RunConfig, log=print) -> Path:
         model.print_trainable_parameters()
     train(model, views["train"], views["val"], config.train, run_dir)
     if not is_global_zero():
-        return run_dir
+        return
     model.to(inference_device(config.train.accelerator))
     best = run_dir / "checkpoints" / "best.ckpt"
     selected = {
@@ -240,4 +303,3 @@ def train_run(config: RunConfig, log=print) -> Path:
         shown = ", ".join(f"{name} {100 * value:.2f}" for name, value in metrics[split]["metrics"].items())
         log(f"{split}: {shown}")
     log(f"selected epoch {selected['epoch']} on {selected['monitor']}; wrote {run_dir / 'metrics.json'}")
-    return run_dir

@@ -38,12 +38,13 @@ def save_tiny_encoder(
     family: str | None = None,
     intermediate_size: int | None = None,
     vocab_size: int | None = None,
+    max_position_embeddings: int = 512,
 ) -> str:
     """Save a random encoder of `kind` (text: BERT, image: ViT or `family="clip"`, audio: AST) with its processor.
 
     `intermediate_size` defaults to twice the width. `vocab_size` (text) defaults to the tiny tokenizer's own
     vocabulary; a larger one (30522 for a BERT-base-sized model) only adds embedding rows that the tokenizer
-    never produces ids for."""
+    never produces ids for. `max_position_embeddings` (text) sets how many tokens the model takes."""
     import transformers as hf
 
     directory = Path(directory)
@@ -55,7 +56,8 @@ def save_tiny_encoder(
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
         hf.BertTokenizer(vocab=str(vocab)).save_pretrained(directory)
         vocab_size = vocab_size or len(WORDS) + 5
-        model = hf.BertModel(hf.BertConfig(vocab_size=vocab_size, max_position_embeddings=512, **size))
+        config = hf.BertConfig(vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **size)
+        model = hf.BertModel(config)
     elif kind == "image" and family == "clip":
         model = hf.CLIPVisionModel(hf.CLIPVisionConfig(image_size=image_size, patch_size=patch_size, **size))
         hf.CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=image_size).save_pretrained(directory)

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import re
+import struct
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..processing import IMAGE_FILE_ERRORS, to_rgb
 from .protocol import MissingProtocol, MissingTable
 
 KINDS = ("text", "image", "audio", "video")
@@ -39,6 +41,10 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SAMPLE_RATE = 16_000
 """Audio is returned at the rate of the AST feature extractor."""
 FILE_KINDS = ("image", "audio", "video")
+READ_ERRORS = (*IMAGE_FILE_ERRORS, struct.error)
+"""What reading a damaged file raises: Pillow's errors, and SciPy's `struct.error` for a truncated wav header."""
+MAX_INDEXED_CLASSES = 100_000
+"""More classes than this, inferred from index labels, means a column of ids or numbers, not of classes."""
 
 
 class DatasetError(ValueError):
@@ -102,15 +108,20 @@ def classes_from_labels(labels: Iterable) -> tuple[str, ...]:
         values = label.split("|") if isinstance(label, str) else label
         values = values if isinstance(values, (list, tuple)) else [values]
         names.update(str(value).strip() for value in values if str(value).strip())
-    if names and all(name.isdigit() for name in names):
-        return tuple(str(index) for index in range(max(int(name) for name in names) + 1))
+    if names and all(name.isdecimal() for name in names):
+        count = max(int(name) for name in names) + 1
+        if count > MAX_INDEXED_CLASSES:
+            raise DatasetError(
+                f"the labels are indices up to {count - 1}, too many for classes; give the class list explicitly"
+            )
+        return tuple(str(index) for index in range(count))
     return tuple(sorted(names))
 
 
 def load_image(reference) -> Image.Image:
     source = io.BytesIO(reference) if isinstance(reference, (bytes, bytearray)) else reference
     with Image.open(source) as image:
-        return image.convert("RGB")
+        return to_rgb(image)
 
 
 def load_audio(reference) -> np.ndarray:
@@ -225,30 +236,47 @@ class MultimodalDataset(Dataset):
 
     def table_rows(self, path: Path) -> Iterable[tuple[str, dict]]:
         """(origin, row) for each row of a CSV file with a header or of a JSONL file; unparsable lines are
-        rejected (see `reject`)."""
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            if path.suffix == ".csv":
-                reader = csv.DictReader(handle)
-                for row in reader:
-                    origin = f"{path.name} line {reader.line_num}"
-                    if None in row or None in row.values():
-                        fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None, ()))
-                        self.reject(origin, f"has {fields} fields, the header has {len(reader.fieldnames)}")
+        rejected (see `reject`). The file is UTF-8, with or without a byte order mark (as Excel saves it); any other
+        encoding is an error that names the first line that is not UTF-8."""
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as handle:
+                if path.suffix == ".csv":
+                    reader = csv.DictReader(handle)
+                    for row in reader:
+                        origin = f"{path.name} line {reader.line_num}"
+                        if None in row or None in row.values():
+                            given = sum(v is not None for k, v in row.items() if k is not None)
+                            fields = given + len(row.get(None, ()))
+                            self.reject(origin, f"has {fields} fields, the header has {len(reader.fieldnames)}")
+                            continue
+                        yield origin, row
+                    return
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
                         continue
-                    yield origin, row
-                return
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as error:
-                    self.reject(f"{path.name} line {number}", f"not valid JSON: {error}")
-                    continue
-                if not isinstance(row, dict):
-                    self.reject(f"{path.name} line {number}", "expected a JSON object")
-                    continue
-                yield f"{path.name} line {number}", row
+                    try:
+                        row = json.loads(line)
+                    except ValueError as error:
+                        self.reject(f"{path.name} line {number}", f"not valid JSON: {error}")
+                        continue
+                    if not isinstance(row, dict):
+                        self.reject(f"{path.name} line {number}", "expected a JSON object")
+                        continue
+                    yield f"{path.name} line {number}", row
+        except UnicodeDecodeError:
+            # The decoder's offset counts from the chunk it was reading, not from the start of the file: find the
+            # line by decoding line by line (a newline byte is never part of a multi-byte UTF-8 character).
+            with open(path, "rb") as raw:
+                for number, line in enumerate(raw, 1):
+                    try:
+                        line.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        byte, before = line[error.start], line[: error.start].decode("utf-8")[-20:]
+                        break
+            raise DatasetError(
+                f"{self.where(f'{path} line {number}')}: not UTF-8 (byte {byte:#x} after {before!r}); re-save the "
+                "file as UTF-8, e.g. `iconv -f latin1 -t utf-8 OLD > NEW` or a spreadsheet's 'CSV UTF-8' format"
+            ) from None
 
     def where(self, origin: str, sample_id: str | None = None) -> str:
         name = f" (id {sample_id!r})" if sample_id is not None else ""
@@ -267,6 +295,17 @@ class MultimodalDataset(Dataset):
         origin, reason = self.skipped[0]
         listed = "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common())
         return f"skipped {len(self.skipped)} rows ({listed}); first: {origin}: {reason}"
+
+    def read_json(self, path: Path, expected: type = dict):
+        """A JSON file of the layout, which must hold an object (or `expected`); anything else names the file."""
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            raise DatasetError(f"{self.where(path.name)}: not valid JSON: {error}") from error
+        if not isinstance(value, expected):
+            wanted = {dict: "an object", list: "a list"}.get(expected, expected.__name__)
+            raise DatasetError(f"{self.where(path.name)}: expected {wanted}, got {type(value).__name__}")
+        return value
 
     def _validated(self, records: list[Record]) -> list[Record]:
         kept, seen = [], {}
@@ -323,7 +362,7 @@ class MultimodalDataset(Dataset):
             value = value.strip()
             if value in self._class_index:
                 return self._class_index[value]
-            if not value.lstrip("-").isdigit():
+            if not value.lstrip("-").isdecimal():
                 raise DatasetError(f"label {value!r} is not one of the {len(self.class_names)} classes")
         elif isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise DatasetError(f"label {value!r} is neither a class index nor a class name")
@@ -357,7 +396,7 @@ class MultimodalDataset(Dataset):
         readers = {"text": str, "image": load_image, "audio": load_audio, "video": self._load_video}
         try:
             return readers[kind](self.resolve(modality, reference))
-        except (OSError, ValueError, EOFError) as error:
+        except READ_ERRORS as error:
             shown = reference if isinstance(reference, (str, Path)) else f"{modality} of row {record.origin}"
             raise DatasetError(f"{self.where(record.origin, record.id)}: cannot read {kind} {shown}: {error}") from error
 

@@ -225,6 +225,8 @@ def fbank_extractor(path: str | None):
 def write_fbanks(args) -> None:
     """`audio/<list>_fbank/<clip>.npy` for each clip with a wav file (MLA's layout, which the readers prefer).
     A validation split held out of the training list is covered by reading the whole training list."""
+    import io
+
     import numpy as np
 
     from ..atomic import atomic_write
@@ -232,11 +234,11 @@ def write_fbanks(args) -> None:
     from .registry import get_dataset_class
 
     def save(array):
-        def write(temporary):
-            with open(temporary, "wb") as handle:
-                np.save(handle, array)
-
-        return write
+        # Serialized in memory, then written by Python: np.save into a file fails with "N requested and M written"
+        # without the reason, where Python's write names it (e.g. no space left on device, see `atomic_write`).
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        return lambda temporary: Path(temporary).write_bytes(buffer.getbuffer())
 
     extractor = fbank_extractor(args.feature_extractor)
     cls = get_dataset_class(args.dataset)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..atomic import atomic_write
 from .base import DatasetError, MultimodalDataset, Record
 
 FORMATS = ("auto", "raw", "arrow")
@@ -117,7 +118,11 @@ class ImageTextDataset(MultimodalDataset):
 
     def table(self) -> pa.Table:
         if self._table is None:
-            self._table = open_arrow(self.arrow_path())
+            path = self.arrow_path()
+            try:
+                self._table = open_arrow(path)
+            except (pa.ArrowException, OSError) as error:
+                raise DatasetError(f"{self.where(path.name)}: not a readable Arrow IPC file: {error}") from error
         return self._table
 
     def arrow_items(self) -> Iterable[Item]:
@@ -131,7 +136,10 @@ class ImageTextDataset(MultimodalDataset):
             raise DatasetError(
                 f"{self.where(path.name)}: no column {', '.join(absent)} (columns: {', '.join(table.column_names)})"
             )
-        has_image = [bool(size) for size in pc.binary_length(table.column("image")).to_pylist()]
+        try:
+            has_image = [bool(size) for size in pc.binary_length(table.column("image")).to_pylist()]
+        except pa.ArrowException as error:
+            raise DatasetError(f"{self.where(path.name)}: the image column holds no image bytes: {error}") from error
         id_column = next((c for c in ("image_id", "id") if c in table.column_names), None)
         ids = table.column(id_column).to_pylist() if id_column else range(table.num_rows)
         texts = table.column(self.text_column).to_pylist()
@@ -143,7 +151,8 @@ class ImageTextDataset(MultimodalDataset):
             except DatasetError as problem:
                 self.reject(origin, str(problem), str(sample_id))
                 continue
-            text = [text] if isinstance(text, str) else [t for t in text or [] if isinstance(t, str) and t.strip()]
+            text = [text] if isinstance(text, str) else text if isinstance(text, list) else []
+            text = [t for t in text if isinstance(t, str) and t.strip()]
             yield Item(str(sample_id), label, ArrowCell(row) if has_image[row] else None, tuple(text), origin)
 
     def resolve(self, modality: str, reference):
@@ -202,15 +211,17 @@ class ImageTextDataset(MultimodalDataset):
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{self.arrow_name}_{self.arrow_splits[self.split]}.arrow"
         schema = self.arrow_schema()
-        temporary = path.with_suffix(".arrow.partial")
-        with pa.OSFile(str(temporary), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            batch: list[dict] = []
-            for row in self.arrow_rows():
-                batch.append(row)
-                if len(batch) == ARROW_BATCH_ROWS:
+
+        def write(temporary):
+            with pa.OSFile(temporary, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                batch: list[dict] = []
+                for row in self.arrow_rows():
+                    batch.append(row)
+                    if len(batch) == ARROW_BATCH_ROWS:
+                        writer.write_batch(pa.RecordBatch.from_pylist(batch, schema))
+                        batch = []
+                if batch:
                     writer.write_batch(pa.RecordBatch.from_pylist(batch, schema))
-                    batch = []
-            if batch:
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema))
-        temporary.replace(path)
+
+        atomic_write(path, write)
         return path

@@ -4,6 +4,10 @@ These are the paper's reference points (Fig. 3): `baseline` trains on what the d
 model trained with random modality dropout, where a dropped modality is replaced by its placeholder exactly as a
 missing one is at test time. The placeholder is the same for every sample, so its encoding is computed once per
 step and shared, and the encoder runs only on the samples whose modality is used.
+
+Which placeholder is itself a choice the sources make differently: the paper says a missing image is "zeros",
+MAP's code feeds all-ones pixel values after normalization, and a black image (normalized like any other) is the
+natural input. `placeholder` and `audio_placeholder` choose; a missing text is always the empty string.
 """
 
 from __future__ import annotations
@@ -17,9 +21,42 @@ from ..processing import Batch
 from ..registry import register_method
 
 
+PLACEHOLDERS = {"image": ("black", "zeros", "ones"), "audio": ("silence", "zeros", "ones")}
+"""The raw placeholder (a black image or frames, one second of silence), or the model input filled with 0 or 1
+after normalization."""
+
+
+@dataclass
+class PlaceholderConfig(ModelConfig):
+    placeholder: str = "black"
+    """Image and video frames in place of a missing one: `black` (default: a black image, normalized as any image
+    is), `zeros` (pixel values 0 after normalization, the paper's wording) or `ones` (1, MAP's code)."""
+    audio_placeholder: str = "silence"
+    """Audio in place of a missing clip: `silence` (default: one second, through the feature extractor),
+    `zeros` or `ones` (the normalized spectrogram filled with 0 or 1)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        for kind, value in (("image", self.placeholder), ("audio", self.audio_placeholder)):
+            if value not in PLACEHOLDERS[kind]:
+                option = "placeholder" if kind == "image" else "audio_placeholder"
+                raise ValueError(f"{option} must be one of {', '.join(PLACEHOLDERS[kind])}, got {value!r}")
+
+
 @register_method("baseline")
 class PlaceholderFusion(MultimodalModel):
     """Fused feature = sum over modalities of the CLS feature of the input, or of the placeholder if missing."""
+
+    config_class = PlaceholderConfig
+
+    def placeholder_inputs(self, modality: str) -> dict[str, torch.Tensor]:
+        inputs = super().placeholder_inputs(modality)
+        kind = self.encoders[modality].kind
+        choice = self.config.audio_placeholder if kind == "audio" else self.config.placeholder
+        if kind == "text" or choice not in ("zeros", "ones"):
+            return inputs
+        key = "input_values" if kind == "audio" else "pixel_values"
+        return {**inputs, key: torch.full_like(inputs[key], 1.0 if choice == "ones" else 0.0)}
 
     def encode(self, batch: Batch, visible: dict[str, torch.Tensor]):
         cls = {}
@@ -44,7 +81,7 @@ class PlaceholderFusion(MultimodalModel):
 
 
 @dataclass
-class DropoutConfig(ModelConfig):
+class DropoutConfig(PlaceholderConfig):
     modality_dropout: str = "leave_one_out"
 
 

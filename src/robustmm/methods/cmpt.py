@@ -16,6 +16,16 @@ Choices where the paper is silent, each an option:
   proxy against its own class output, as eq. 4 is written (asymmetric); with N > 2 modalities, m1 and m2 are the
   first two present in the configured order. `symmetric` divides each pair's error MSE(P^_{m->n}, C^_n) by
   MSE(P^_{m->n}, C^_m); `none` keeps the numerator only. `align_eps` guards every denominator.
+  Why `paper` can collapse. Write P1 = P^_{m1->m2}, P2 = P^_{m2->m1}, N1 = MSE(P1, C^_m2), N2 = MSE(P2, C^_m1),
+  D = MSE(P1, C^_m1) and L = (N1 + N2) / D. Then
+      dL/dP2 = (dN2/dP2) / D                       (P2's alignment is scaled down by 1/D), and
+      dL/dP1 = (dN1/dP1) / D - (L / D) dD/dP1      (the second term pushes P1 AWAY from its own C^_m1).
+  The loss falls as well by growing D as by aligning: when the class outputs are of one scale (real encoders
+  that end in a LayerNorm, as in the paper), moving P1 away from C^_m1 is as cheap as moving it onto C^_m2, D
+  grows, every alignment gradient shrinks like 1/D, and P2 stops learning C^_m1: with m1 missing, eq. 5 fuses
+  C^_m2 + P2 with a P2 that stands for nothing. Where C^_m1 is much larger than the proxies (an encoder five
+  times louder than the other), D stays near |C^_m1|^2 / d, about constant, and `paper` acts as `none` scaled.
+  `scripts/eq4_denominator_curve.py` measures D, N2 and the proxy's size along training for both.
 - `align_detach_target`: whether the class outputs used as targets are detached (in numerator and
   denominator). The paper's formula reads as no detach, the default.
 - Modality dropout on complete training data: `leave_one_out`, one draw per step (`batch`), as the paper's
@@ -40,7 +50,9 @@ ALIGN_DENOMINATORS = ("paper", "symmetric", "none")
 class CMPTConfig(ModelConfig):
     modality_dropout: str = "leave_one_out"
     align_weight: float = 0.2
-    align_denominator: str = "paper"
+    align_denominator: str = "none"
+    """`none` (the default, chosen on the demo's evidence: BENCHMARKS.md), `paper` (eq. 4 as written: the shipped
+    configs of the paper's experiments use it) or `symmetric`; see the module docstring."""
     align_detach_target: bool = False
     align_eps: float = 1e-6
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 
 from ..base import FRAME_SUFFIXES, DatasetError, existing, split_off_validation
@@ -58,7 +57,9 @@ class Food101(ImageTextDataset):
     def read_records(self):
         class_file = self.root / "class_idx.json"
         if class_file.is_file():
-            order = json.loads(class_file.read_text())
+            order = self.read_json(class_file)
+            if not all(isinstance(index, int) for index in order.values()):
+                raise DatasetError(f"{self.where(class_file.name)}: expected class names mapped to int indices")
             self.class_names = tuple(sorted(order, key=order.get))
         yield from super().read_records()
 
@@ -70,14 +71,17 @@ class Food101(ImageTextDataset):
         rows = []
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            for row in reader:
-                origin = f"texts/{path.name} line {reader.line_num}"
-                if reader.line_num == 1 and row and not row[0].lower().endswith(FRAME_SUFFIXES):
-                    continue
-                if len(row) != 3:
-                    self.reject(origin, f"expected 3 fields (file, title, class), got {len(row)}")
-                    continue
-                rows.append((origin, *(cell.strip() if i != 1 else cell for i, cell in enumerate(row))))
+            try:
+                for row in reader:
+                    origin = f"texts/{path.name} line {reader.line_num}"
+                    if reader.line_num == 1 and row and not row[0].lower().endswith(FRAME_SUFFIXES):
+                        continue
+                    if len(row) != 3:
+                        self.reject(origin, f"expected 3 fields (file, title, class), got {len(row)}")
+                        continue
+                    rows.append((origin, *(cell.strip() if i != 1 else cell for i, cell in enumerate(row))))
+            except csv.Error as error:  # a field over the csv module's size limit; the rest cannot be parsed
+                raise DatasetError(f"{self.where(f'texts/{path.name} line {reader.line_num}')}: {error}") from error
         return rows
 
     def raw_items(self):
@@ -100,17 +104,20 @@ class Food101(ImageTextDataset):
 
     def _listed_items(self, split_file):
         """MAP's split.json (file names per split) with texts from text.json or the title files."""
-        lists = json.loads(split_file.read_text())
+        lists = self.read_json(split_file)
         key = SPLIT_KEYS[self.split]
-        if key not in lists:
+        if not isinstance(lists.get(key), list):
             raise DatasetError(f"{self.where('split.json')}: no {key!r} list")
         text_file = self.root / "text.json"
         if text_file.is_file():
-            texts = json.loads(text_file.read_text())
+            texts = self.read_json(text_file)
         else:
             texts = {file: title for source in ("train", "test") for _, file, title, _ in self.titles(source)}
         source = "test" if self.split == "test" else "train"
         for position, file in enumerate(lists[key]):
+            if not isinstance(file, str):
+                self.reject(f"split.json {key}[{position}]", f"expected an image file name, got {file!r}")
+                continue
             label = file[: file.rindex("_")] if "_" in file else ""
             image = existing(self.root / "images" / source / label / file)
             title = texts.get(file)

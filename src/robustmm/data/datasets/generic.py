@@ -105,6 +105,10 @@ class Generic(MultimodalDataset):
         if unknown:
             listed = ", ".join(sorted(unknown))
             raise DatasetError(f"{self.where(MANIFEST)}: unknown key(s) {listed}; known: {', '.join(MANIFEST_KEYS)}")
+        for key, kind in (("metrics", list), ("multilabel", bool)):
+            if manifest.get(key) is not None and not isinstance(manifest[key], kind):
+                shown = "true or false" if kind is bool else "a list"
+                raise DatasetError(f"{self.where(MANIFEST)}: {key} must be {shown}, got {manifest[key]!r}")
         return manifest
 
     def _configure(self, manifest: dict, rows: list[tuple[str, dict]]) -> None:
@@ -135,7 +139,12 @@ class Generic(MultimodalDataset):
                     f"{self.where(str(self.root))}: no class list: give classes in {MANIFEST} or {CLASS_FILE}, "
                     "or a train split to read them from"
                 )
-            classes = classes_from_labels(self._label_value(label) for label in train_labels if label not in (None, ""))
+            try:
+                classes = classes_from_labels(self._parsed_labels(train_labels))
+            except DatasetError as error:
+                raise DatasetError(f"{self.where(str(self.root))}: {error}") from error
+        if not isinstance(classes, (list, tuple)):
+            raise DatasetError(f"{self.where(str(self.root))}: classes must be a list of names, got {classes!r}")
         if len(set(map(str, classes))) != len(classes):
             raise DatasetError(f"{self.where(str(self.root))}: the class list repeats a name")
         self.class_names = tuple(str(name) for name in classes)
@@ -151,6 +160,16 @@ class Generic(MultimodalDataset):
             self.metrics = tuple(metrics)
         else:
             self.metrics = ("f1_macro", "f1_micro") if self.multilabel else ("accuracy",)
+
+    def _parsed_labels(self, labels: list) -> list:
+        """The train labels a class list is read from; a malformed one is left to the row that holds it."""
+        parsed = []
+        for label in labels:
+            try:
+                parsed.append(self._label_value(label))
+            except DatasetError:
+                continue
+        return [label for label in parsed if label not in (None, "")]
 
     def _label_value(self, label):
         """A CSV cell holding a JSON list becomes the list; everything else is left to the base class."""

@@ -65,8 +65,8 @@ class MMIMDb(ImageTextDataset):
         split_file = self.root / "split.json"
         if not split_file.is_file():
             raise FileNotFoundError(f"{self.where(str(self.root))}: no split.json (layout: {self.layout})")
-        lists = json.loads(split_file.read_text())
-        key = next((k for k in SPLIT_KEYS[self.split] if k in lists), None)
+        lists = self.read_json(split_file)
+        key = next((k for k in SPLIT_KEYS[self.split] if isinstance(lists.get(k), list)), None)
         if key is None:
             raise DatasetError(f"{self.where('split.json')}: no {' or '.join(SPLIT_KEYS[self.split])} list")
         image_dir = existing(self.root / "images") or self.root / "dataset"
@@ -80,10 +80,15 @@ class MMIMDb(ImageTextDataset):
             except (OSError, ValueError) as error:
                 self.reject(origin, f"cannot read {label_file}: {error}", movie)
                 continue
+            if not isinstance(meta, dict):
+                self.reject(origin, f"{label_file} holds a {type(meta).__name__}, not an object", movie)
+                continue
             genres = meta.get("genres") or []
+            genres = [str(genre) for genre in (genres if isinstance(genres, list) else [genres])]
             ignored.update(g for g in genres if g not in GENRES)
             plots = meta.get("plot")
-            plots = [plots] if isinstance(plots, str) else [p for p in plots or [] if isinstance(p, str) and p.strip()]
+            plots = [plots] if isinstance(plots, str) else plots if isinstance(plots, list) else []
+            plots = [p for p in plots if isinstance(p, str) and p.strip()]
             image = existing(image_dir / f"{movie}.jpeg") or existing(image_dir / f"{movie}.jpg")
             yield Item(movie, [g for g in genres if g in GENRES], image, tuple(plots), origin)
         if ignored:
