@@ -346,7 +346,7 @@ def plot(result: dict, path: Path) -> None:
     scenarios = result["scenarios"]
     stats = summary(result)
     width = 0.8 / len(methods)
-    figure, axes = plt.subplots(figsize=(1.6 + 1.5 * len(scenarios), 4))
+    figure, axes = plt.subplots(figsize=(4.2 + 1.5 * len(scenarios), 4))
     for j, method in enumerate(methods):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(scenarios))]
         means = [stats[s["name"], method][0] for s in scenarios]
@@ -361,7 +361,7 @@ def plot(result: dict, path: Path) -> None:
     axes.set_ylabel("test accuracy")
     axes.set_ylim(0, 1)
     axes.set_title("Accuracy per availability scenario, against the Bayes limit")
-    axes.legend(loc="lower left", fontsize="small")
+    axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     figure.tight_layout()
     atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
     plt.close(figure)
