@@ -34,7 +34,8 @@ def by_method(result: dict) -> str:
     for s in result["scenarios"]:
         best = max(summary[s["name"], m][0] for m in methods)
         cells = [cell(*summary[s["name"], m], s["bayes_accuracy"], summary[s["name"], m][0] == best) for m in methods]
-        lines.append(f"| {s['name']} | {s['bayes_accuracy']:.3f} | {s['bayes_accuracy_test']:.3f} | " + " | ".join(cells) + " |")
+        limits = f"{s['bayes_accuracy']:.3f} | {s['bayes_accuracy_test']:.3f}"
+        lines.append(f"| {s['name']} | {limits} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -24,7 +24,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -213,7 +212,8 @@ def text_spread(benchmark_seed: int, samples: int) -> float:
     """The spread of all-MiniLM-L6-v2's class feature on pretrain-stream texts: the scale that the demo's other
     encoders are matched to."""
     path = demo_encoder_paths()["text"]
-    texts = [s["text"] for s in SyntheticBenchmark(SyntheticConfig(seed=benchmark_seed), ("text",)).sample(samples, "pretrain")]
+    benchmark = SyntheticBenchmark(SyntheticConfig(seed=benchmark_seed), ("text",))
+    texts = [s["text"] for s in benchmark.sample(samples, "pretrain")]
     model = hf.AutoModel.from_pretrained(path, dtype=torch.float32).eval()
     inputs = TextProcessor(path)(texts, texts)
     return spread(model(**inputs).last_hidden_state[:, 0])

@@ -135,7 +135,7 @@ def timed(call):
     start = time.perf_counter()
     try:
         result = call()
-    except Exception as error:  # noqa: BLE001: the property says which exceptions are acceptable
+    except Exception as error:  # noqa: BLE001  (the property says which exceptions are acceptable)
         result = error
     event("error" if isinstance(result, Exception) else "result")
     return result, time.perf_counter() - start

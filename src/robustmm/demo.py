@@ -136,7 +136,8 @@ def train_and_score(
         seed=seed, precision=config.precision, group_by_length=True, progress_bar=False,
     )
     with tempfile.TemporaryDirectory(prefix="robustmm-demo-") as checkpoints:
-        train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=[StepReporter(advance), *callbacks])
+        watchers = [StepReporter(advance), *callbacks]
+        train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=watchers)
     size = len(data.test)
     scenarios = {s["name"]: {m: torch.full((size,), m in s["available"]) for m in data.encoders} for s in data.scenarios}
     logits, labels = scenario_logits(model, data.test, scenarios, batch_size=64, precision=config.precision)
@@ -387,7 +388,9 @@ def plot_sweeps(result: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, len(modalities), figsize=(4.2 * len(modalities), 3.6), squeeze=False)
     for ax, modality in zip(axes[0], modalities):
         for method in methods:
-            curves = np.array([s["accuracy"] for s in result["sweeps"] if (s["modality"], s["method"]) == (modality, method)])
+            curves = np.array(
+                [s["accuracy"] for s in result["sweeps"] if (s["modality"], s["method"]) == (modality, method)]
+            )
             mean, sd = curves.mean(0), curves.std(0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
             ax.plot(SWEEP_RATES, mean, marker="o", markersize=3, label=method)
             ax.fill_between(SWEEP_RATES, mean - sd, mean + sd, alpha=0.2)

@@ -3,8 +3,8 @@
 Defaults are the paper's (Table 6): AdamW (eps 1e-8, weight decay 0.02), a polynomial schedule of power 0.9
 after warm-up epochs at 0.1x the learning rate. Checkpoints hold only what training changes (adapters, proxies,
 head) plus optimizer and schedule state, so they stay small with billion-parameter encoders, are written
-atomically (`AtomicCheckpointIO`), and a run started again in the same directory resumes from `last.ckpt`. The model is
-selected on validation, never on test.
+atomically (`AtomicCheckpointIO`), and a run started again in the same directory resumes from `last.ckpt`. The
+model is selected on validation, never on test.
 """
 
 from __future__ import annotations
