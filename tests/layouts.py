@@ -397,3 +397,18 @@ def write_ave(root, sizes: dict[str, int] | None = None) -> Path:
     header = "Category&VideoID&Quality&StartTime&EndTime\n"
     (root / "Annotations.txt").write_text(header + "".join(f"{line}\n" for line in lines_all))
     return root
+
+
+def train_command(data, encoders: dict, epochs: int):
+    """`robustmm train` on an image+text generic layout (`write_generic`) with tiny encoders: the argv of a run
+    into `out`."""
+
+    def arguments(out, *extra):
+        return [
+            "train", "--dataset", "generic", "--root", str(data),
+            "--image-encoder", encoders["image"], "--text-encoder", encoders["text"],
+            "--epochs", str(epochs), "--set", "train.warmup_epochs=1", "--batch-size", "4", "--lr", "1e-2",
+            "--missing-rate", "0.5", "--out", str(out), "--no-progress", *extra,
+        ]  # fmt: skip
+
+    return arguments

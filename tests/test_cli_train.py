@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from layouts import write_generic
+from layouts import train_command, write_generic
 from safetensors.torch import load_file
 
 from robustmm.cli import main
@@ -34,13 +34,7 @@ REALLY_WITHOUT_TEXT = 2
 """Test rows whose text cell is empty (every 6th row): real missingness, apart from the protocol's."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and this process and the runs it starts then compute alike."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def subprocess_env() -> dict:
@@ -55,17 +49,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def command(data, tiny_encoders):
-    """`robustmm train` for the tiny dataset; a run takes a few seconds."""
-
-    def arguments(out, *extra):
-        return [
-            "train", "--dataset", "generic", "--root", str(data),
-            "--image-encoder", tiny_encoders["image"], "--text-encoder", tiny_encoders["text"],
-            "--epochs", "4", "--set", "train.warmup_epochs=1", "--batch-size", "4", "--lr", "1e-2",
-            "--missing-rate", "0.5", "--out", str(out), "--no-progress", *extra,
-        ]  # fmt: skip
-
-    return arguments
+    """`robustmm train` for the tiny dataset, four epochs; a run takes a few seconds."""
+    return train_command(data, tiny_encoders, epochs=4)
 
 
 @pytest.fixture(scope="module")

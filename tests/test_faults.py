@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-from layouts import write_crema_d, write_food101, write_generic
+from layouts import train_command, write_crema_d, write_food101, write_generic
 
 from robustmm.cli import main
 from robustmm.data import DatasetError, get_dataset
@@ -34,29 +34,14 @@ SIZES = {"train": 8, "val": 4, "test": 4}
 SCENARIOS = ["complete", "missing", "grid"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and this process and the ones it starts then compute alike."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def command(tmp_path_factory, tiny_encoders):
     """`robustmm train` for a tiny dataset, two epochs; a run takes a few seconds."""
     data = write_generic(tmp_path_factory.mktemp("data"), {"image": "image", "text": "text"}, sizes=SIZES)
-
-    def arguments(out, *extra):
-        return [
-            "train", "--dataset", "generic", "--root", str(data),
-            "--image-encoder", tiny_encoders["image"], "--text-encoder", tiny_encoders["text"],
-            "--epochs", "2", "--set", "train.warmup_epochs=1", "--batch-size", "4", "--lr", "1e-2",
-            "--missing-rate", "0.5", "--out", str(out), "--no-progress", *extra,
-        ]  # fmt: skip
-
-    return arguments
+    return train_command(data, tiny_encoders, epochs=2)
 
 
 @pytest.fixture(scope="module")

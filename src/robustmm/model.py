@@ -27,6 +27,8 @@ from .processing import Batch, Collator
 
 MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
 FUSION_NORMS = ("none", "layernorm")
+ADAPTER_SHORTHANDS = ("adapter", "rank", "alpha", "adapter_dropout")
+"""Options of every method besides its config's fields: they make its `AdapterConfig`."""
 CONFIG_FILE = "robustmm_config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -357,7 +359,7 @@ class MultimodalModel(nn.Module):
     @classmethod
     def config_from_kwargs(cls, encoders, num_classes, **options) -> ModelConfig:
         names = {f.name for f in fields(cls.config_class)}
-        adapter_options = {k: options.pop(k) for k in ("rank", "alpha", "adapter_dropout") if k in options}
+        adapter_options = {k: options.pop(k) for k in ADAPTER_SHORTHANDS[1:] if k in options}
         if isinstance(options.get("adapter"), str):
             adapter_options["kind"] = options.pop("adapter")
         if "adapter_dropout" in adapter_options:
@@ -368,6 +370,6 @@ class MultimodalModel(nn.Module):
         if unknown:
             raise TypeError(
                 f"method {cls.method!r} has no option {', '.join(sorted(unknown))}; "
-                f"its options are {', '.join(sorted(names - {'encoders', 'num_classes'}))}, rank, alpha, adapter_dropout"
+                f"its options are {', '.join(sorted(names - {'encoders', 'num_classes'}))}, {', '.join(ADAPTER_SHORTHANDS[1:])}"
             )
         return cls.config_class(encoders=encoders, num_classes=num_classes, **options)

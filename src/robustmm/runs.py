@@ -25,20 +25,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
+from .atomic import atomic_write_text
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, RunConfig, config_differences, read_run_config
 from .data.protocol import bind_kind
 from .evaluation import dataset_metrics, inference_device, open_split, parse_scenarios, score
 from .metrics import METRICS
-from .atomic import atomic_write_text
+from .model import ADAPTER_SHORTHANDS
 from .precision import AUTO, resolve_precision
 from .registry import build_model
 from .training import TrainConfig, train
 
 SPLITS = ("train", "val", "test")
-ADAPTER_SHORTHANDS = {"adapter", "rank", "alpha", "adapter_dropout"}
-"""Options that every method takes (`build_model`), besides its config's fields."""
 LOCK = ".lock"
 RESERVED_OPTIONS = {
     "seed": "train.seed (--seed)",
@@ -90,8 +88,8 @@ def run_precision(train: TrainConfig, run_dir: Path) -> str:
         return train.precision
     stored = run_dir / RUN_CONFIG
     if stored.is_file():
-        recorded = (yaml.safe_load(stored.read_text()) or {}).get("train", {}).get("precision")
-        if recorded and recorded != AUTO:
+        recorded = read_run_config(stored).train.precision
+        if recorded != AUTO:
             return recorded
     return resolve_precision(AUTO, train.accelerator)
 
@@ -172,7 +170,7 @@ def without_other_methods_options(config: RunConfig, log=print) -> RunConfig:
 
     def options_of(name: str) -> set[str]:
         cls = METHODS.get(name)
-        return {f.name for f in fields(cls.config_class)} | ADAPTER_SHORTHANDS
+        return {f.name for f in fields(cls.config_class)} | set(ADAPTER_SHORTHANDS)
 
     own = options_of(config.model.method)
     others = {name: options_of(name) for name in METHODS.names() if METHODS.key(name) != METHODS.key(config.model.method)}

@@ -95,12 +95,7 @@ class Generic(MultimodalDataset):
         path = self.root / MANIFEST
         if not path.is_file():
             return {}
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            raise DatasetError(f"{self.where(MANIFEST)}: not valid JSON: {error}") from error
-        if not isinstance(manifest, dict):
-            raise DatasetError(f"{self.where(MANIFEST)}: expected a JSON object with keys {', '.join(MANIFEST_KEYS)}")
+        manifest = self.read_json(path)
         unknown = set(manifest) - set(MANIFEST_KEYS)
         if unknown:
             listed = ", ".join(sorted(unknown))
