@@ -16,20 +16,22 @@ grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | s
 "${AVX2[@]}" .venv/bin/python scripts/startup_times.py > results/startup-avx2.json
 run .venv/bin/robustmm bench --precision 32-true > results/bench.json
 run bash scripts/demo.sh --no-progress --out results/demo 2>&1 | tee results/demo.txt
+demo demo-all --methods all
 run "${AVX2[@]}" bash scripts/demo.sh --no-progress --out results/demo-avx2 2>&1 | tee results/demo-avx2.txt
 run "${AVX2[@]}" bash scripts/demo.sh --quick --no-progress 2>&1 | tee results/demo-quick-avx2.txt
 run "${AVX2[@]}" bash scripts/test.sh -q -p no:cacheprovider --durations=15 2>&1 | tee results/tests-avx2.txt
+run bash scripts/predict_throughput.sh
 
 # Eq. 4's denominator, the paper's ablations in miniature, fusion normalisation
 run .venv/bin/python scripts/eq4_denominator_curve.py --out results/eq4-denominator | tee results/eq4-denominator.txt
-demo demo-cmpt-align-denominator-paper --methods cmpt --align-denominator paper
-demo demo-cmpt-align-denominator-symmetric --methods cmpt --align-denominator symmetric
-demo demo-cmpt-align-detach-target --methods cmpt --align-detach-target
-for weight in 0 0.1 0.5; do demo demo-cmpt-align-weight-$weight --methods cmpt --align-weight $weight; done
+demo demo-cmpt-align-denominator-paper --methods cmpt --option align_denominator=paper
+demo demo-cmpt-align-denominator-symmetric --methods cmpt --option align_denominator=symmetric
+demo demo-cmpt-align-detach-target --methods cmpt --option align_detach_target=true
+for weight in 0 0.1 0.5; do demo demo-cmpt-align-weight-$weight --methods cmpt --option align_weight=$weight; done
 demo demo-cmpt-rank-4 --methods cmpt --option rank=4
 demo demo-fusion-norm-layernorm --option fusion_norm=layernorm
 
 # Three modalities: leave-one-out against every-subset modality dropout; eq. 4 as written
 demo demo-image-text-audio --modalities image,text,audio
 demo demo-image-text-audio-subsets --modalities image,text,audio --methods dropout,cmpt --option modality_dropout=subsets
-demo demo-image-text-audio-cmpt-paper --modalities image,text,audio --methods cmpt --align-denominator paper
+demo demo-image-text-audio-cmpt-paper --modalities image,text,audio --methods cmpt --option align_denominator=paper

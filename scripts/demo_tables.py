@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/demo_tables.py results/demo results/demo-image-text-audio
     .venv/bin/python scripts/demo_tables.py --rows cmpt results/demo results/demo-cmpt-align-weight-0 ...
+    .venv/bin/python scripts/demo_tables.py --compute results/demo-all
 
 Each cell is the accuracy, mean ± SD over seeds, with its ratio to the Bayes limit; the best method of a
 scenario is in bold. `--rows cmpt` makes one row per results folder (an ablation) instead of one table each.
@@ -50,11 +51,32 @@ def by_folder(folders: list[Path], method: str) -> str:
     return "\n".join(lines)
 
 
+def compute(result: dict) -> str:
+    """Per method: trainable parameters and training seconds per epoch (median over seeds: each worker's first
+    run also pays its warm-up), also relative to the first method (the demo's `baseline`). The runs trained side
+    by side, one core each, so their times compare."""
+    methods, epochs = result["config"]["methods"], result["config"]["epochs"]
+    runs = {(r["method"], r["seed"]): r for r in result["runs"]}
+    seconds = {m: [r["train_seconds"] for (n, _), r in runs.items() if n == m] for m in methods}
+    per_epoch = {m: statistics.median(seconds[m]) / epochs for m in methods}
+    lines = ["| method | trainable parameters | training s / epoch | relative to " + methods[0] + " |",
+             "| --- | --- | --- | --- |"]
+    for m in methods:
+        params = next(r["trainable_parameters"] for (n, _), r in runs.items() if n == m)
+        lines.append(f"| {m} | {params:,} | {per_epoch[m]:.1f} | {per_epoch[m] / per_epoch[methods[0]]:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--rows", metavar="METHOD", help="one row per folder for this method")
+    parser.add_argument("--compute", action="store_true", help="trainable parameters and time per epoch instead")
     args = parser.parse_args()
+    if args.compute:
+        for folder in args.folders:
+            print(compute(json.loads((folder / "results.json").read_text())))
+        return
     if args.rows:
         print(by_folder(args.folders, args.rows))
         return

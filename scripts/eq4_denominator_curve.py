@@ -36,15 +36,15 @@ def run(denominator: str, data, config) -> dict:
             out = captured["output"]
             both = out.present["image"] & out.present["text"]
             for key, value in (
-                ("D", mse(out.proxies["image", "text"], out.cls["image"])[both].mean()),
-                ("N2", mse(out.proxies["text", "image"], out.cls["image"])[both].mean()),
+                ("D", mse(out.features.extras["proxies"]["image", "text"], out.features.cls["image"])[both].mean()),
+                ("N2", mse(out.features.extras["proxies"]["text", "image"], out.features.cls["image"])[both].mean()),
                 ("task", out.task_loss),
-                ("weighted_align", module.model.auxiliary_weight * out.align_loss),
-                ("image_spread", out.cls["image"][both].std(0).mean()),
+                ("weighted_align", out.loss_weights["align"] * out.losses["align"]),
+                ("image_spread", out.features.cls["image"][both].std(0).mean()),
             ):
                 curve[key].append(float(value.detach()))
 
-    config.cmpt_options = {"align_denominator": denominator}
+    config.options = {"cmpt.align_denominator": denominator}
     rows = train_and_score(config, data, "cmpt", 0, lambda steps: None, callbacks=[Recorder()])
     return {"curve": curve, "accuracy": {row["scenario"]: row["accuracy"] for row in rows}}
 

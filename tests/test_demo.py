@@ -27,6 +27,10 @@ def test_quick_demo_writes_results_within_the_bayes_limit(tmp_path, capsys):
     assert min(complete.values()) > 0.4  # chance is 1/8
     assert result["wall_seconds"] > 0
     assert (tmp_path / "accuracy.png").stat().st_size > 10_000 and (tmp_path / "missing-rate.png").is_file()
+    table = json.loads((tmp_path / "report" / "tables" / "scenarios.json").read_text())  # the report, with the limits
+    assert [(row["scenario"], row["bayes_limit"]) for row in table] == [(s, bayes[s]) for s in bayes]
+    assert all(row["cmpt"]["mean"] == complete["cmpt"] for row in table if row["scenario"] == "complete")
+    assert (tmp_path / "report" / "report.html").is_file() and (tmp_path / "models" / "cmpt-seed0").is_dir()
     for sweep in result["sweeps"]:  # 0% missing is the complete scenario, 100% the one-missing one
         ends = {r["scenario"]: r["accuracy"] for r in runs if (r["method"], r["seed"]) == (sweep["method"], sweep["seed"])}
         assert sweep["accuracy"][0] == pytest.approx(ends["complete"], abs=1e-6)

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import robustmm
+from robustmm.encoders import EncoderOutput
 from robustmm.adapters import matched_modules
 from robustmm.training import evaluate, train
 
@@ -55,7 +56,7 @@ def test_fused_feature_follows_eq5_for_every_pattern(image_text):
     samples[1]["image"] = None
     samples[2]["text"] = None
     out = model(model.collate(samples))
-    c, p = out.cls, out.proxies
+    c, p = out.features.cls, out.features.extras["proxies"]
     torch.testing.assert_close(out.fused[0], c["image"][0] + c["text"][0])
     torch.testing.assert_close(out.fused[1], c["text"][1] + p["text", "image"][1])
     torch.testing.assert_close(out.fused[2], c["image"][2] + p["image", "text"][2])
@@ -68,7 +69,7 @@ def test_fused_feature_follows_eq5_for_every_pattern(image_text):
 def test_only_adapters_proxies_and_head_train(image_text):
     model = robustmm.build_model("cmpt", encoders=image_text, num_classes=3)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert all("lora_" in n or n.endswith("proxy_tokens") or n.startswith("head.") for n in trainable), trainable
+    assert all("lora_" in n or n.startswith("proxies.") or n.startswith("head.") for n in trainable), trainable
     counts = model.trainable_parameter_counts()
     # rank 1 on query, key, value, attention output of 2 layers of width 32: 2 * 4 * (32 + 32) per encoder
     assert counts["adapters.image"] == counts["adapters.text"] == 2 * 4 * 64
@@ -119,7 +120,7 @@ def test_baseline_encodes_the_placeholder_once_per_step(image_text):
     out = model(model.collate(samples))
     assert calls == {"image": [1, 1], "text": [4]}  # the one real image, then the placeholder once
     placeholder = model.encode_placeholder("image", torch.device("cpu"))
-    torch.testing.assert_close(out.fused[0], out.cls["text"][0] + placeholder)
+    torch.testing.assert_close(out.fused[0], out.features.cls["text"][0] + placeholder)
 
 
 @pytest.mark.parametrize("choice, value", [("zeros", 0.0), ("ones", 1.0)])
@@ -148,13 +149,17 @@ def test_layernorm_fusion_makes_predictions_blind_to_an_encoders_scale(image_tex
         plain = model(batch)
         encoder = model.encoders["image"]
         forward = encoder.forward
-        encoder.forward = lambda inputs: tuple(5.0 * t for t in forward(inputs))  # an encoder 5x louder
+        def louder(*args, **kwargs):  # an encoder 5x louder
+            out = forward(*args, **kwargs)
+            return EncoderOutput(5.0 * out.cls, {name: 5.0 * t for name, t in out.prefix.items()})
+
+        encoder.forward = louder
         outputs[norm] = plain, model(batch)
     plain, louder = outputs["layernorm"]
     torch.testing.assert_close(plain.logits, louder.logits, atol=1e-4, rtol=1e-4)
     rows = plain.present["image"]
-    torch.testing.assert_close(plain.cls["image"][rows].std(-1, unbiased=False), torch.ones(int(rows.sum())), atol=1e-3, rtol=0)
-    assert not plain.cls["image"][~rows].any()  # a missing modality stays a zero row
+    torch.testing.assert_close(plain.features.cls["image"][rows].std(-1, unbiased=False), torch.ones(int(rows.sum())), atol=1e-3, rtol=0)
+    assert not plain.features.cls["image"][~rows].any()  # a missing modality stays a zero row
     plain, louder = outputs["none"]
     assert not torch.allclose(plain.logits, louder.logits, atol=1e-3)
 
@@ -240,7 +245,7 @@ def test_video_frames_are_encoded_and_averaged(tiny_encoders):
     out = model(model.collate([{"video": [frame] * 5, "text": "a dog"}]))
     pixels = model.collator.processors["video"].images([frame], ["f"])["pixel_values"]
     single = model.encoders["video"]({"pixel_values": pixels.unsqueeze(1)})  # one clip of one frame
-    torch.testing.assert_close(out.cls["video"][0], single[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.features.cls["video"][0], single.cls[0], atol=1e-5, rtol=1e-5)
 
 
 def test_multilabel_uses_bce_on_label_lists(image_text):
@@ -280,17 +285,17 @@ def test_minilm_cls_matches_the_plain_encoder_and_masks_padding(minilm_path):
     expected = plain(**tokens).last_hidden_state[:, 0]
     image_free = {"text": minilm_path, "other": {"name_or_path": minilm_path, "kind": "text"}}
     baseline = robustmm.build_model("baseline", encoders=image_free, num_classes=2, adapter_dropout=0.0).eval()
-    cls, _ = baseline.encoders["text"](baseline.collator.processors["text"](["a photo of a dog"], ["s"]))
+    cls = baseline.encoders["text"](baseline.collator.processors["text"](["a photo of a dog"], ["s"])).cls
     torch.testing.assert_close(cls, expected, atol=1e-5, rtol=1e-5)
 
     cmpt = robustmm.build_model("cmpt", encoders=image_free, num_classes=2).eval()
     texts = ["a photo of a dog", "a much longer sentence about a cat sitting on a warm window sill"]
     together = cmpt(cmpt.collate([{"text": t} for t in texts]))
     alone = cmpt(cmpt.collate([{"text": texts[0]}]))
-    torch.testing.assert_close(together.cls["text"][0], alone.cls["text"][0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(together.proxies["text", "other"][0], alone.proxies["text", "other"][0],
+    torch.testing.assert_close(together.features.cls["text"][0], alone.features.cls["text"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(together.features.extras["proxies"]["text", "other"][0], alone.features.extras["proxies"]["text", "other"][0],
                                atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(alone.cls["text"][0], expected[0], atol=1e-3)  # the proxy token is attended to
+    assert not torch.allclose(alone.features.cls["text"][0], expected[0], atol=1e-3)  # the proxy token is attended to
 
 
 class StopBeforeEpoch(lightning.Callback):

@@ -19,7 +19,8 @@ def loaded_after(code: str) -> dict:
 
 @pytest.mark.parametrize(
     "argv", [["--help"], ["train", "--help"], ["demo", "--help"], ["evaluate", "--help"], ["data", "stats", "--help"],
-             ["methods"]],
+             ["methods"], ["predict", "--help"], ["calibrate", "--help"], ["report", "--help"],
+             ["data", "example", "--help"]],
 )
 def test_help_and_listing_load_no_heavy_library(argv):
     code = f"from robustmm.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass"

@@ -19,11 +19,16 @@ _EXPORTS = {
     "MultimodalModel": "model",
     "TrainConfig": "training",
     "build_model": "registry",
+    "calibrate_run": "calibration",
     "evaluate": "training",
+    "fit_temperatures": "calibration",
     "list_methods": "registry",
     "load_model": "registry",
+    "predict_file": "predict",
     "register_method": "registry",
     "train": "training",
+    "write_example": "example",
+    "write_report": "report",
 }
 """Public name -> the module of this package that defines it."""
 

@@ -251,7 +251,7 @@ def tokens_read(encoder, inputs: dict[str, torch.Tensor]) -> int:
         patch = encoder.backbone.get_base_model().config.patch_size
         height, width = inputs["pixel_values"].shape[-2:]
         tokens = (height // patch) * (width // patch) + 1
-    return tokens + encoder.num_proxies
+    return tokens + encoder.num_prefix_tokens
 
 
 def train_step_flops(model, batch) -> tuple[int, dict[str, int]]:

@@ -1,4 +1,5 @@
-"""The `robustmm` command line: `demo`, `train`, `evaluate`, `bench`, `methods` and `data`."""
+"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `report`, `bench`, `methods`
+and `data`."""
 
 from __future__ import annotations
 
@@ -21,10 +22,22 @@ def _bench(args) -> None:
 
 
 def _methods(args) -> None:
-    from .registry import METHODS
+    from .registry import METHODS, PLUGINS
 
+    plugins = PLUGINS.names()
     for name in METHODS.names():
         print(f"{name:<10} {METHODS.summary(name)}")
+        if args.options:
+            for option, default in METHODS.get(name).option_defaults().items():
+                if option.split("_")[0] not in plugins:
+                    print(f"    {option} = {default!r}")
+    print("plug-ins, on any method (e.g. --option mwam=true):")
+    for name in plugins:
+        print(f"{name:<10} {PLUGINS.summary(name)}")
+        if args.options:
+            for option, default in METHODS.get(METHODS.names()[0]).option_defaults().items():
+                if option.startswith(f"{name}_"):
+                    print(f"    {option} = {default!r}")
 
 
 TRAIN_FLAGS = {
@@ -67,6 +80,9 @@ def train_overrides(args) -> list[tuple[str, object, str]]:
             overrides.append((f"model.encoders.{modality}", value, f"--{modality}-encoder"))
     if args.no_progress:
         overrides.append(("train.progress_bar", False, "--no-progress"))
+    for assignment in args.option:
+        key, value = parse_assignment(assignment, "--option")
+        overrides.append((f"model.options.{key}", value, f"--option {assignment}"))
     for assignment in args.set:
         key, value = parse_assignment(assignment)
         overrides.append((key, value, f"--set {assignment}"))
@@ -110,6 +126,33 @@ def _evaluate(args) -> None:
     print(text if args.json else format_table(report))
 
 
+def _calibrate(args) -> None:
+    from .calibration import CALIBRATION_FILE, calibrate_run, format_calibration
+
+    for run_dir in args.run_dirs:
+        result = calibrate_run(run_dir, args.split, args.batch_size, args.precision)
+        print(f"{run_dir}: temperatures fitted on {args.split} -> {run_dir}/{CALIBRATION_FILE}")
+        print(format_calibration(result))
+
+
+def _predict(args) -> None:
+    from .predict import predict_file
+
+    summary = predict_file(
+        args.model, args.input, args.out, calibration=args.calibration, calibrate=args.calibrate,
+        allow_outside=args.allow_outside, batch_size=args.batch_size, precision=args.precision,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    if summary["bad"]:
+        raise SystemExit(1)
+
+
+def _report(args) -> None:
+    from .report import main
+
+    main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data.commands import add_data_parser, add_protocol_arguments
 
@@ -121,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="the one-minute version (one seed, small splits)")
     demo.add_argument("--modalities", help="comma-separated subset of image,text,audio (default image,text)")
-    demo.add_argument("--methods", help="comma-separated methods (default baseline,dropout,cmpt)")
+    demo.add_argument(
+        "--methods", help="comma-separated methods (default baseline,dropout,cmpt), or all (takes longer)"
+    )
     demo.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     demo.add_argument("--epochs", type=int)
     demo.add_argument("--train-size", type=int)
@@ -130,13 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float)
     demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
     demo.add_argument("--precision", help=PRECISION_HELP)
-    demo.add_argument("--align-weight", type=float, help="CMPT lambda (paper: 0.2; 0 ablates the alignment)")
-    demo.add_argument("--align-denominator", choices=["paper", "symmetric", "none"])
-    demo.add_argument("--align-detach-target", action=argparse.BooleanOptionalAction, default=None)
-    demo.add_argument("--out", help="write results.json and accuracy.png here")
+    demo.add_argument("--out", help="write results.json, accuracy.png, the models (models/) and the report here")
     demo.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
-        help="an option of every method, e.g. fusion_norm=layernorm or rank=4 (repeatable)",
+        help="a method option (repeatable): KEY for every method that has it (fusion_norm=layernorm, rank=4, "
+        "mwam=true), METHOD.KEY for one (cmpt.align_weight=0); see `robustmm methods --options`",
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_demo, loads_models=False)  # its training processes quiet the libraries themselves
@@ -204,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="a method option (model.options.KEY), e.g. align_weight=0.1 or mwam=true; see `robustmm methods --options`",
+    )
+    train.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override any config key with a YAML value, e.g. train.warmup_epochs=1 or model.options.align_weight=0",
     )
@@ -229,7 +276,49 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="also write the JSON report (with the aggregate over runs) to this file")
     evaluate.set_defaults(func=_evaluate)
 
+    calibrate = commands.add_parser(
+        "calibrate", help="fit one temperature per availability pattern on validation, for `robustmm predict`",
+        description="Temperature scaling per availability pattern (e.g. image+text, text): each validation sample "
+        "is shown with each subset of its modalities, and one temperature per subset is fitted by minimising the "
+        "NLL. Writes RUN_DIR/calibration.json, which `robustmm predict RUN_DIR` applies.",
+    )
+    calibrate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    calibrate.add_argument("--split", default="val", help="the labelled split to fit on (default val)")
+    calibrate.add_argument("--batch-size", type=int)
+    calibrate.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    calibrate.set_defaults(func=_calibrate)
+
+    predict = commands.add_parser(
+        "predict", help="predict the rows of a CSV/JSONL file, any modalities per row; bad rows are reported",
+        description="Columns named after the model's modalities (text inline; files as paths relative to the "
+        "input's folder); an empty cell or a path to no file means missing. Writes each row's probabilities, "
+        "prediction and the modalities used to --out (.jsonl or .csv). Rows that cannot be predicted are listed "
+        "on stderr with their cause and the exit status is 1; the others are predicted.",
+    )
+    predict.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run directory or a saved model folder")
+    predict.add_argument("--input", required=True, metavar="FILE", help="a .csv (with a header) or .jsonl file")
+    predict.add_argument("--out", required=True, metavar="FILE", help="predictions, .jsonl or .csv")
+    predict.add_argument("--calibration", metavar="FILE", help="temperatures (default: RUN_DIR/calibration.json)")
+    predict.add_argument("--no-calibration", dest="calibrate", action="store_false", help="apply no temperature")
+    predict.add_argument("--allow-outside", action="store_true", help="read files outside the input's folder")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    predict.set_defaults(func=_predict)
+
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page (and markdown, PNGs, JSON/CSV tables) from finished runs",
+        description="From finished runs, without training: the metric against each modality's missing rate, a "
+        "radar and a table of the availability scenarios, per-class gains, t-SNE of the fused features, the image "
+        "encoder's attention, calibration per availability pattern and compute. Runs of one method are its seeds.",
+    )
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of one dataset")
+    report.add_argument("--out", required=True, help="folder for report.html, report.md, figures/ and tables/")
+    report.add_argument("--attention-ids", metavar="ID,ID", help="test samples whose attention maps to show "
+                        "(default: the first three with an image)")
+    report.set_defaults(func=_report)
+
     methods = commands.add_parser("methods", help="list the registered methods")
+    methods.add_argument("--options", action="store_true", help="also list each method's options and defaults")
     methods.set_defaults(func=_methods, loads_models=False)
 
     add_data_parser(commands)

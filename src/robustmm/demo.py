@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write, atomic_write_text
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
-from .registry import build_model, get_method
+from .registry import METHODS, build_model, get_method
 
 
 @dataclass
@@ -53,9 +53,8 @@ class DemoConfig:
     one core better than two, so two one-core runs finish sooner than two two-core runs one after the other."""
     data_seed: int = 0
     options: dict = field(default_factory=dict)
-    """Options of every method (e.g. fusion_norm, rank): what is compared must differ in the method only."""
-    cmpt_options: dict = field(default_factory=dict)
-    """Ablations of CMPT: align_weight, align_denominator, align_detach_target."""
+    """Method options: `key` goes to every method that has it (e.g. fusion_norm, rank, mwam: what is compared
+    must differ in the method only), `method.key` to that method alone (e.g. cmpt.align_weight)."""
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -108,25 +107,43 @@ def make_data(config: DemoConfig) -> DemoData:
     )
 
 
+def options_for(options: dict, method: str) -> dict:
+    """The options in `options` (`key` or `method.key`) that apply to `method`."""
+    cls = get_method(method)
+    chosen = {}
+    for key, value in options.items():
+        owner, _, name = key.rpartition(".")
+        if (owner and METHODS.key(owner) == cls.method) or (not owner and name in cls.option_names()):
+            chosen[name] = value
+    return chosen
+
+
 def model_options(config: DemoConfig, data: DemoData, method: str) -> dict:
-    options = {**config.options, **(config.cmpt_options if method == "cmpt" else {})}
+    options = options_for(config.options, method)
     return dict(encoders=data.encoders, num_classes=len(data.class_names), class_names=data.class_names, **options)
 
 
 def check_methods(config: DemoConfig, data: DemoData) -> None:
-    """A bad method or option fails at once, not in a run minutes later."""
+    """A bad method or option fails at once, not in a run minutes later; an option that no method of the run
+    takes is an error, not a silent no-op."""
+    for key in config.options:
+        if not any(key.rpartition(".")[2] in options_for({key: None}, m) for m in config.methods):
+            owner = key.rpartition(".")[0]
+            names = owner if owner else ", ".join(config.methods)
+            raise ValueError(f"option {key!r} applies to none of the methods run ({names}); see `robustmm methods`")
     for method in config.methods:
         get_method(method).config_from_kwargs(**model_options(config, data, method))
 
 
 def train_and_score(
-    config: DemoConfig, data: DemoData, method: str, seed: int, advance, callbacks=()
+    config: DemoConfig, data: DemoData, method: str, seed: int, advance, callbacks=(), save_to: Path | None = None
 ) -> list[dict]:
     """Train one method with one seed on complete data, select it on validation, score every scenario.
-    `callbacks` (Lightning's) watch the training, e.g. to record what the demo does not report."""
+    `callbacks` (Lightning's) watch the training, e.g. to record what the demo does not report; `save_to` keeps
+    the model (`save_pretrained`) for the report."""
     import torch
 
-    from .metrics import compute_metrics
+    from .metrics import compute_metrics, per_class_scores
     from .training import StepReporter, TrainConfig, scenario_logits, train
 
     start = time.perf_counter()
@@ -138,14 +155,20 @@ def train_and_score(
     with tempfile.TemporaryDirectory(prefix="robustmm-demo-") as checkpoints:
         watchers = [StepReporter(advance), *callbacks]
         train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=watchers)
+    train_seconds = round(time.perf_counter() - start, 1)
+    trainable = model.trainable_parameter_counts()["total_trainable"]
+    if save_to is not None:
+        model.save_pretrained(save_to / f"{method}-seed{seed}")
     size = len(data.test)
     scenarios = {s["name"]: {m: torch.full((size,), m in s["available"]) for m in data.encoders} for s in data.scenarios}
     logits, labels = scenario_logits(model, data.test, scenarios, batch_size=64, precision=config.precision)
     seconds = round(time.perf_counter() - start, 1)
     return [
-        {"method": method, "seed": seed, "scenario": name, "seconds": seconds,
+        {"method": method, "seed": seed, "scenario": name, "seconds": seconds, "train_seconds": train_seconds,
+         "trainable_parameters": trainable,
          "accuracy": compute_metrics(logits[name], labels, multilabel=False)["accuracy"],
-         "correct": (logits[name].argmax(-1) == labels).tolist()}
+         "per_class": dict(zip(data.class_names, per_class_scores(logits[name], labels, multilabel=False))),
+         "correct": (logits[name].argmax(-1) == labels).tolist(), "logits": logits[name]}
         for name in scenarios
     ]
 
@@ -153,13 +176,13 @@ def train_and_score(
 _WORKER: dict = {}
 
 
-def _start_worker(config: DemoConfig, steps) -> None:
+def _start_worker(config: DemoConfig, steps, save_to: Path | None) -> None:
     """Each worker process imports the libraries and renders the data itself, side by side with the others,
     instead of waiting for the main process to do both and send the data over."""
     from .console import quiet_libraries
 
     quiet_libraries()
-    _WORKER.update(config=config, data=make_data(config), steps=steps)
+    _WORKER.update(config=config, data=make_data(config), steps=steps, save_to=save_to)
 
 
 def _check_in_worker() -> None:
@@ -170,7 +193,9 @@ def _run_in_worker(method: str, seed: int, threads: int) -> list[dict]:
     import torch
 
     torch.set_num_threads(threads)
-    return train_and_score(_WORKER["config"], _WORKER["data"], method, seed, _WORKER["steps"].put)
+    return train_and_score(
+        _WORKER["config"], _WORKER["data"], method, seed, _WORKER["steps"].put, save_to=_WORKER["save_to"]
+    )
 
 
 def available_cores() -> int:
@@ -195,6 +220,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
     workers = max(1, min(config.workers, len(jobs), available_cores()))
     threads = job_threads(len(jobs), workers, available_cores())
     bar = tqdm(total=len(jobs) * config.steps_per_run, desc="training steps", unit="step", disable=not progress)
+    models = None if out_dir is None else Path(out_dir) / "models"
     write = bar.write if progress else log
     runs = []
 
@@ -212,13 +238,13 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         data = make_data(config)
         check_methods(config, data)
         for method, seed in jobs:
-            finished(train_and_score(config, data, method, seed, bar.update))
+            finished(train_and_score(config, data, method, seed, bar.update, save_to=models))
     else:
         context = get_context("spawn")
         steps = context.Queue()
         listener = threading.Thread(target=_drain, args=(steps, bar), daemon=True)
         listener.start()
-        with ProcessPoolExecutor(workers, context, _start_worker, (config, steps)) as pool:
+        with ProcessPoolExecutor(workers, context, _start_worker, (config, steps, models)) as pool:
             pool.submit(_check_in_worker).result()
             runs_started = [pool.submit(_run_in_worker, *job, n) for job, n in zip(jobs, threads)]
             for future in as_completed(runs_started):
@@ -231,6 +257,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
     for scenario in scenarios:
         scenario["bayes_accuracy_test"] = float(bayes_correct[scenario["name"]].mean())
     correct = {(r["method"], r["seed"], r["scenario"]): np.array(r.pop("correct"), dtype=bool) for r in runs}
+    test_logits = {(r["method"], r["seed"], r["scenario"]): r.pop("logits") for r in runs}
     for run in runs:
         run["p_above_bayes"] = mcnemar_above(correct[run["method"], run["seed"], run["scenario"]],
                                              bayes_correct[run["scenario"]])
@@ -246,6 +273,16 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
     }
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
+        import torch
+
+        from .report import build_report, from_demo
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the small encoders run as fast on one core, and do not stall on a busy machine
+        try:
+            build_report(from_demo(result, models, test_logits), Path(out_dir) / "report", log=write)
+        finally:
+            torch.set_num_threads(threads)
     return result
 
 
@@ -408,32 +445,27 @@ def main(args) -> None:
     if args.modalities:
         overrides["modalities"] = args.modalities.split(",")
     if args.methods:
-        overrides["methods"] = args.methods.split(",")
+        overrides["methods"] = METHODS.names() if args.methods == "all" else args.methods.split(",")
     if args.seeds is not None:
         overrides["seeds"] = list(range(args.seeds))
     for name in ("epochs", "train_size", "test_size", "batch_size", "lr", "workers", "precision"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    cmpt_options = {
-        k: v
-        for k, v in (
-            ("align_weight", args.align_weight),
-            ("align_denominator", args.align_denominator),
-            ("align_detach_target", args.align_detach_target),
-        )
-        if v is not None
-    }
-    if cmpt_options:
-        overrides["cmpt_options"] = cmpt_options
     if args.option:
         from .data.commands import parse_options
 
         overrides["options"] = parse_options(args.option)
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.methods == "all":
+        print(f"note: --methods all trains {len(config.methods)} methods ({', '.join(config.methods)}), "
+              f"{len(config.methods) / len(DemoConfig().methods):.1f}x the default demo's runs, and map and rep "
+              "cost more per run (prompts in every layer they reach; one evaluation pass per scenario): expect "
+              "about three times the default demo's time (BENCHMARKS.md)")
     result = run_demo(config, args.out, progress=not args.no_progress)
     print(format_table(result))
     if result["above_bayes"]:
         print(f"WARNING: {len(result['above_bayes'])} run(s) beat the Bayes classifier on the same samples "
               f"(McNemar p < {ABOVE_BAYES_P}): {result['above_bayes']}")
     if args.out:
-        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'accuracy.png'}")
+        print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'accuracy.png'} and the report "
+              f"{Path(args.out) / 'report' / 'report.html'}")

@@ -1,14 +1,22 @@
-"""A frozen pretrained `transformers` encoder with a peft adapter and optional learnable proxy tokens.
+"""A frozen pretrained `transformers` encoder with a peft adapter, and the extensions methods attach to it.
 
-Proxy tokens are inserted by a forward hook on the encoder's embedding layer, so no model file is forked: the hook
-turns the embedding output `[CLS, T]` into `[P_1 .. P_k, CLS, T]` (paper eq. 2; the proxies get no position
-embedding, which the embedding layer has already added to the other tokens) and the attention mask, where the
-model takes one, is extended by k ones in front.
+No model file is forked. A method extends an encoder in three ways, all through hooks:
+- **prefix tokens** (`add_prefix`): inserted after the embedding layer, `[CLS, T]` -> `[P_1 .. P_k, CLS, T]`
+  (CMPT's proxies, paper eq. 2; MAP's and REP's first-layer prompts). They get no position embedding, which the
+  embedding layer has already added to the other tokens.
+- **layer edits** (`add_layer_edit`): a function of the hidden states entering a chosen layer (deep prompts that
+  replace the prefix slots, REP's replay), or tokens inserted there (`insert_tokens`: MAP's prompts, kept for
+  the following layers or dropped after that layer).
+- **per-layer outputs**: `forward(..., output_hidden_states=True)`.
+Each call receives an `EncoderContext`, the availability pattern of each row, so that prompts can be chosen per
+sample. The attention mask is extended for every inserted token at the layer it enters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -105,14 +113,95 @@ def load_backbone(name_or_path: str, kind: str) -> nn.Module:
     if tower and hasattr(model, tower) and not hasattr(model, "embeddings"):
         model = getattr(model, tower)
     if not hasattr(model, "embeddings"):
-        raise ValueError(f"{name_or_path}: {type(model).__name__} has no `embeddings` module to insert proxy tokens after")
+        raise ValueError(f"{name_or_path}: {type(model).__name__} has no `embeddings` module to insert tokens after")
     return model
 
 
-class ModalityEncoder(nn.Module):
-    """Encodes one modality: returns the final CLS feature and the final outputs of its k proxy tokens."""
+def availability_patterns(modalities: list[str]) -> list[tuple[str, ...]]:
+    """The 2^M - 1 non-empty subsets of `modalities`, largest first (the complete pattern is index 0)."""
+    return [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
 
-    def __init__(self, modality: str, config: EncoderConfig, adapter: AdapterConfig, num_proxies: int = 0):
+
+@dataclass
+class EncoderContext:
+    """What the model tells an encoder about the rows it encodes: each row's availability pattern."""
+
+    available: dict[str, torch.Tensor]
+    """Modality -> [n] bools: which modalities the row's sample shows to the model in this pass."""
+
+    def __len__(self) -> int:
+        return len(next(iter(self.available.values())))
+
+    def rows(self, keep: torch.Tensor) -> "EncoderContext":
+        return EncoderContext({m: a[keep] for m, a in self.available.items()})
+
+    def repeat(self, times: int) -> "EncoderContext":
+        """Each row `times` times in a row (video: one row per frame)."""
+        return EncoderContext({m: a.repeat_interleave(times) for m, a in self.available.items()})
+
+    def pattern_index(self, modalities: list[str]) -> torch.Tensor:
+        """[n] indices into `availability_patterns(modalities)`."""
+        patterns = availability_patterns(modalities)
+        lookup = torch.zeros(2 ** len(modalities), dtype=torch.long)
+        for index, pattern in enumerate(patterns):
+            lookup[sum(1 << modalities.index(m) for m in pattern)] = index
+        codes = sum(self.available[m].long() << i for i, m in enumerate(modalities))
+        return lookup.to(codes.device)[codes]
+
+
+TokenProvider = Callable[[EncoderContext], torch.Tensor]
+"""(context) -> [n, k, d] tokens, one set per row."""
+LayerEdit = Callable[[torch.Tensor, EncoderContext], torch.Tensor]
+"""(hidden states [n, T, d] entering a layer, context) -> hidden states of the same shape."""
+
+
+@dataclass
+class TokenSegment:
+    name: str
+    count: int
+    provider: TokenProvider
+    keep: bool = True
+    """Inserted tokens only: kept for the following layers, or removed after the layer they enter."""
+
+
+@dataclass
+class EncoderOutput:
+    cls: torch.Tensor
+    """[n, d]: the class token's final output (SigLIP: its pooling head)."""
+    prefix: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Name -> [n, k, d]: the final outputs of each kept token segment (CMPT's proxies)."""
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    """With `output_hidden_states`: what enters the first layer (the embedding output with any tokens inserted at
+    layer 0), then every layer's output; [n, T_l, d] each."""
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a `transformers` encoder: its first `ModuleList` of `num_hidden_layers`
+    modules (`encoder.layer` in BERT, `layers` in ViT, `encoder.layers` in CLIP)."""
+    depth = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == depth:
+            return module
+    raise ValueError(f"{type(model).__name__} has no list of {depth} layers to attach layer hooks to")
+
+
+def pad_attention_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """A layer's 4-D mask [B, 1, Q, K] widened in front to `length` keys, for tokens inserted at that layer: every
+    query attends to them. A mask with a row per query gets rows for them too, copied from the first token's
+    (the class token's: it sees every real token and no padding)."""
+    if mask is None or mask.dim() != 4 or mask.shape[-1] >= length:
+        return mask
+    extra = length - mask.shape[-1]
+    if mask.shape[-2] == mask.shape[-1] and mask.shape[-2] > 1:
+        mask = torch.cat([mask[:, :, :1].expand(-1, -1, extra, -1), mask], dim=-2)
+    attend = True if mask.dtype == torch.bool else 0.0
+    return torch.cat([mask.new_full((*mask.shape[:3], extra), attend), mask], dim=-1)
+
+
+class ModalityEncoder(nn.Module):
+    """Encodes one modality: the final CLS feature plus what the method's extensions ask for."""
+
+    def __init__(self, modality: str, config: EncoderConfig, adapter: AdapterConfig):
         super().__init__()
         self.modality = modality
         self.kind = config.resolve_kind(modality)
@@ -121,12 +210,115 @@ class ModalityEncoder(nn.Module):
         self.hidden_size = backbone.config.hidden_size
         self.pooling = POOLING_BY_MODEL_TYPE.get(self.model_type, "cls")
         self.backbone = attach_adapter(backbone, adapter, config.target_modules, name=modality)
-        self.num_proxies = num_proxies
-        if num_proxies:
-            self.proxy_tokens = nn.Parameter(torch.randn(num_proxies, self.hidden_size) * 0.02)
-            self.backbone.get_base_model().embeddings.register_forward_hook(self._insert_proxy_tokens)
+        self.prefixes: list[TokenSegment] = []
+        self.layer_edits: dict[int, list[LayerEdit]] = {}
+        self.insertions: dict[int, list[TokenSegment]] = {}
+        self._context: EncoderContext | None = None
+        self._segments: list[tuple[str, int]] = []  # (name, count) of the tokens in front of CLS, front first
+        base = self.backbone.get_base_model()
+        base.embeddings.register_forward_hook(self._insert_prefix)
+        for index, layer in enumerate(encoder_layers(base)):
+            layer.register_forward_pre_hook(self._enter_layer(index), with_kwargs=True)
+            layer.register_forward_hook(self._leave_layer(index))
         self.encoder_dropout = config.dropout
         self.train()
+
+    # ----- extensions ------------------------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(encoder_layers(self.backbone.get_base_model()))
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens in front of CLS at the embedding output (those of `add_prefix`)."""
+        return sum(s.count for s in self.prefixes)
+
+    def add_prefix(self, name: str, count: int, provider: TokenProvider) -> None:
+        """Insert `count` tokens per row after the embedding layer, in front of those added before."""
+        self.prefixes.append(TokenSegment(name, count, provider))
+
+    def add_layer_edit(self, layer: int, edit: LayerEdit) -> None:
+        """Apply `edit` to the hidden states entering `layer` (0-based; 0 sees the embedding output)."""
+        self._check_layer(layer)
+        self.layer_edits.setdefault(layer, []).append(edit)
+
+    def insert_tokens(self, layer: int, name: str, count: int, provider: TokenProvider, keep: bool = True) -> None:
+        """Insert `count` tokens per row in front of the hidden states entering `layer`; `keep=False` removes
+        them after that layer, so they only serve as keys and values of its attention."""
+        self._check_layer(layer)
+        self.insertions.setdefault(layer, []).append(TokenSegment(name, count, provider, keep))
+
+    def token_slice(self, name: str) -> slice:
+        """Where the segment `name` sits in the hidden states at this point of the current call."""
+        start = 0
+        for segment, count in self._segments:
+            if segment == name:
+                return slice(start, start + count)
+            start += count
+        raise KeyError(f"{self.modality}: no token segment {name!r} at this point; have {self._segments}")
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.num_layers:
+            raise ValueError(f"{self.modality}: layer {layer} does not exist; the encoder has {self.num_layers}")
+
+    def _tokens(self, segment: TokenSegment, like: torch.Tensor) -> torch.Tensor:
+        tokens = segment.provider(self._context).to(like.dtype)
+        if tokens.shape != (like.shape[0], segment.count, like.shape[-1]):
+            raise ValueError(
+                f"{self.modality}: token segment {segment.name!r} gave shape {list(tokens.shape)}, expected "
+                f"{[like.shape[0], segment.count, like.shape[-1]]}"
+            )
+        return tokens
+
+    def _insert_prefix(self, module, args, embeddings: torch.Tensor) -> torch.Tensor:
+        for segment in self.prefixes:
+            embeddings = torch.cat([self._tokens(segment, embeddings), embeddings], dim=1)
+            self._segments.insert(0, (segment.name, segment.count))
+        return embeddings
+
+    def _enter_layer(self, index: int):
+        def hook(module, args, kwargs):
+            edits, insertions = self.layer_edits.get(index, ()), self.insertions.get(index, ())
+            if not edits and not insertions and not self._inserted_before(index):
+                return None
+            in_args = bool(args)
+            hidden = args[0] if in_args else kwargs["hidden_states"]
+            for edit in edits:
+                hidden = edit(hidden, self._context)
+            for segment in sorted(insertions, key=lambda s: not s.keep):  # temporary ones last: in front
+                hidden = torch.cat([self._tokens(segment, hidden), hidden], dim=1)
+                self._segments.insert(0, (segment.name, segment.count))
+            args = (hidden, *args[1:]) if in_args else args
+            if not in_args:
+                kwargs = {**kwargs, "hidden_states": hidden}
+            if len(args) > 1 and isinstance(args[1], torch.Tensor):
+                args = (args[0], pad_attention_mask(args[1], hidden.shape[1]), *args[2:])
+            elif kwargs.get("attention_mask") is not None:
+                kwargs = {**kwargs, "attention_mask": pad_attention_mask(kwargs["attention_mask"], hidden.shape[1])}
+            return args, kwargs
+
+        return hook
+
+    def _inserted_before(self, index: int) -> bool:
+        """Whether tokens kept from an earlier layer's insertion make the hidden states longer than the mask."""
+        return any(s.keep for layer, segments in self.insertions.items() if layer < index for s in segments)
+
+    def _leave_layer(self, index: int):
+        def hook(module, args, output):
+            dropped = sum(s.count for s in self.insertions.get(index, ()) if not s.keep)
+            if not dropped:
+                return None
+            for segment in self.insertions[index]:
+                if not segment.keep:
+                    self._segments.remove((segment.name, segment.count))
+            if isinstance(output, tuple):
+                return (output[0][:, dropped:], *output[1:])
+            return output[:, dropped:]
+
+        return hook
+
+    # ----- encoding --------------------------------------------------------------------------------------------
 
     def train(self, mode: bool = True) -> "ModalityEncoder":
         """Unless `EncoderConfig.dropout`, the frozen encoder's own modules stay in eval mode (no dropout) while
@@ -139,36 +331,50 @@ class ModalityEncoder(nn.Module):
                     layer.train(mode)
         return self
 
-    def _insert_proxy_tokens(self, module, args, embeddings: torch.Tensor) -> torch.Tensor:
-        proxies = self.proxy_tokens.to(embeddings.dtype).expand(embeddings.shape[0], -1, -1)
-        return torch.cat([proxies, embeddings], dim=1)
-
-    def _read_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Split the last layer into (CLS feature [n, d], proxy outputs [n, k, d])."""
+    def _read_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Split the last layer into the CLS feature [n, d] and the kept token segments."""
         base = self.backbone.get_base_model()
-        k = self.num_proxies
-        proxies = hidden[:, :k]
+        k = sum(count for _, count in self._segments)
+        front = hidden[:, :k]
         if self.pooling == "head":
-            return base.head(hidden[:, k:]), proxies
-        cls = hidden[:, k]
-        # CLIP's vision tower leaves its final norm to the pooled token; apply it to CLS and proxies alike.
-        if hasattr(base, "post_layernorm") and self.model_type.startswith("clip"):
-            cls, proxies = base.post_layernorm(cls), base.post_layernorm(proxies)
-        return cls, proxies
+            cls = base.head(hidden[:, k:])
+        else:
+            cls = hidden[:, k]
+            # CLIP's vision tower leaves its final norm to the pooled token; apply it to CLS and prefix alike.
+            if hasattr(base, "post_layernorm") and self.model_type.startswith("clip"):
+                cls, front = base.post_layernorm(cls), base.post_layernorm(front)
+        prefix, start = {}, 0
+        for name, count in self._segments:
+            prefix[name] = front[:, start : start + count]
+            start += count
+        return cls, prefix
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, inputs: dict[str, torch.Tensor], context: EncoderContext | None = None, output_hidden_states=False
+    ) -> EncoderOutput:
         inputs = dict(inputs)
+        rows = len(next(iter(inputs.values())))
+        if context is None:
+            context = EncoderContext({self.modality: torch.ones(rows, dtype=torch.bool)})
         frames = None
         if self.kind == "video":
             pixels = inputs["pixel_values"]
             frames = pixels.shape[1]
             inputs["pixel_values"] = pixels.flatten(0, 1)
-        if self.num_proxies and "attention_mask" in inputs:
+            context = context.repeat(frames)
+        if self.num_prefix_tokens and "attention_mask" in inputs:
             mask = inputs["attention_mask"]
-            inputs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], self.num_proxies), mask], dim=1)
-        hidden = self.backbone(**inputs).last_hidden_state
-        cls, proxies = self._read_tokens(hidden)
+            inputs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], self.num_prefix_tokens), mask], dim=1)
+        self._context, self._segments = context, []
+        try:
+            result = self.backbone(**inputs, output_hidden_states=output_hidden_states)
+            cls, prefix = self._read_tokens(result.last_hidden_state)
+        finally:
+            self._context = None
+        hidden_states = tuple(result.hidden_states) if output_hidden_states else None
         if frames is not None:
             cls = cls.unflatten(0, (-1, frames)).mean(1)
-            proxies = proxies.unflatten(0, (-1, frames)).mean(1)
-        return cls, proxies
+            prefix = {name: tokens.unflatten(0, (-1, frames)).mean(1) for name, tokens in prefix.items()}
+            if hidden_states is not None:
+                hidden_states = tuple(h.unflatten(0, (-1, frames)).mean(1) for h in hidden_states)
+        return EncoderOutput(cls, prefix, hidden_states)

@@ -1,8 +1,13 @@
-"""The shared late-fusion model: one adapted encoder per named modality, a fusion rule and a linear head.
+"""The method contract: one adapted encoder per named modality, a fusion rule and a linear head.
 
-Every method (`robustmm.methods`) is a subclass that says how missing modalities are filled in (`encode`,
-`fuse`) and what it adds to the loss (`auxiliary_loss`); batching, modality dropout, losses, prediction, saving
-and loading live here once.
+A method (`robustmm.methods`, one file each) is a subclass that says
+- what it adds to the encoders and the model (`build`: prefix tokens, layer hooks, its own modules),
+- how each modality is encoded (`encode` -> `Features`) and how the features are fused (`fuse`),
+- what it adds to the loss (`auxiliary_losses`: named, weighted),
+- and, if it needs them, training hooks (`param_groups`, `on_fit_start`, `on_after_backward`,
+  `on_train_batch_end`) and state that is not a parameter (persistent buffers, saved with the weights).
+A plug-in (`Plugin`, e.g. MWAM) adds losses and hooks to any method. Batching, modality dropout, the task loss,
+scenario evaluation, prediction, saving and loading live here once.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ import itertools
 import json
 import os
 import random
+import typing
+import weakref
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,15 +30,19 @@ from safetensors.torch import save as safetensors_bytes
 
 from .adapters import AdapterConfig
 from .atomic import atomic_write, atomic_write_text
-from .encoders import EncoderConfig, ModalityEncoder
+from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
+from .registry import PLUGINS
 
 MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
 FUSION_NORMS = ("none", "layernorm")
-ADAPTER_SHORTHANDS = ("adapter", "rank", "alpha", "adapter_dropout")
-"""Options of every method besides its config's fields: they make its `AdapterConfig`."""
+ADAPTER_SHORTHANDS = ("rank", "alpha", "adapter_dropout")
+"""Options of every method that make its `AdapterConfig`, beside `adapter` (the kind, or a whole AdapterConfig)."""
 CONFIG_FILE = "robustmm_config.json"
 WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 2
+"""Version of the saved layout (`robustmm_config.json` records it). 2: method parameters live in the method, not
+in the encoders (CMPT's `encoders.<m>.proxy_tokens` became `proxies.<m>`); persistent method state is saved."""
 
 
 @dataclass
@@ -56,6 +68,12 @@ class ModelConfig:
     the encoders' features differ in scale (e.g. an encoder that ends without a LayerNorm next to one that ends
     with it): additive fusion otherwise hears the larger one louder. Real ViT-B and BERT-base both end in
     LayerNorm, the situation of the paper."""
+    module_lr_scale: float = 1.0
+    """Learning rate of the method's own modules (prompts, proxies, generators, fusion blocks: every trainable
+    parameter but the adapters, the head and plug-ins) relative to the run's, which suits low-rank adapters."""
+    plugins: dict[str, dict] = field(default_factory=dict)
+    """Plug-ins on this method, name -> options (e.g. `{"mwam": {"mode": "hybrid"}}`); as keyword options,
+    `mwam=True` and `mwam_<option>=value`."""
 
     def __post_init__(self):
         self.encoders = {
@@ -75,8 +93,14 @@ class ModelConfig:
             raise ValueError(f"modality_dropout must be one of {MODALITY_DROPOUT}, got {self.modality_dropout!r}")
         if self.fusion_norm not in FUSION_NORMS:
             raise ValueError(f"fusion_norm must be one of {', '.join(FUSION_NORMS)}, got {self.fusion_norm!r}")
+        if self.module_lr_scale <= 0:
+            raise ValueError(f"module_lr_scale must be > 0, got {self.module_lr_scale}")
         if self.modality_dropout_level not in ("batch", "sample"):
             raise ValueError(f"modality_dropout_level must be 'batch' or 'sample', got {self.modality_dropout_level!r}")
+        self.plugins = {
+            name: asdict(PLUGINS.get(name).config_class(**dict(options or {})))
+            for name, options in self.plugins.items()
+        }
 
     @property
     def modalities(self) -> list[str]:
@@ -87,20 +111,32 @@ class ModelConfig:
 
 
 @dataclass
+class Features:
+    """What `encode` returns. Rows of samples that a modality was not encoded for are zero."""
+
+    cls: dict[str, torch.Tensor]
+    """Modality -> [B, d]: each encoder's class feature."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """What else the method's fusion and losses read, by name (CMPT: "proxies", (source, target) -> [B, d])."""
+
+
+@dataclass
 class ModelOutput:
-    """What a forward pass returns. Rows of samples that lack a modality are zero in `cls` and `proxies`."""
+    """What a forward pass returns."""
 
     logits: torch.Tensor
     fused: torch.Tensor
-    cls: dict[str, torch.Tensor]
-    proxies: dict[tuple[str, str], torch.Tensor]
+    features: Features
     present: dict[str, torch.Tensor]
     """Which modalities each sample truly has."""
     visible: dict[str, torch.Tensor]
-    """Which modalities the fusion used: `present` minus those dropped by training-time modality dropout."""
-    align_loss: torch.Tensor
+    """Which modalities the model used: `present` minus those dropped by training-time modality dropout."""
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Auxiliary losses by name, unweighted (the logs show each as `train/<name>_loss`)."""
+    loss_weights: dict[str, float] = field(default_factory=dict)
     task_loss: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    """task_loss + sum of weight * auxiliary loss."""
 
 
 def scatter_rows(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,57 +150,120 @@ def select_rows(inputs: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str
     return {k: v[keep] for k, v in inputs.items()}
 
 
-class MultimodalModel(nn.Module):
+class TrainingHooks:
+    """Hooks of the training loop, no-ops by default; methods and plug-ins override what they need."""
+
+    def on_fit_start(self, train_samples) -> None:
+        """Before the first step, with the training samples (e.g. to initialise statistics)."""
+
+    def on_after_backward(self) -> None:
+        """After the gradients are computed, before the optimizer steps (e.g. to edit gradients)."""
+
+    def on_train_batch_end(self, output: "ModelOutput") -> None:
+        """After each training step, with its output (e.g. to update feature banks)."""
+
+
+class Plugin(TrainingHooks, nn.Module):
+    """An addition to any method (`ModelConfig.plugins`): its own config class, losses and training hooks.
+    It must not change the logits, so that the method's own evaluation holds."""
+
+    plugin: str = ""
+    config_class: type = object
+
+    def __init__(self, model: "MultimodalModel", config):
+        super().__init__()
+        self.config = config
+        self._owner = weakref.ref(model)  # not a submodule: the model owns the plug-in
+
+    @property
+    def owner(self) -> "MultimodalModel":
+        return self._owner()
+
+    def auxiliary_losses(
+        self, features: Features, visible: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, tuple[torch.Tensor, float]]:
+        """Like `MultimodalModel.auxiliary_losses`, given what the model used (`visible`)."""
+        return {}
+
+
+class MultimodalModel(TrainingHooks, nn.Module):
     """Late fusion over a `ModuleDict` of adapted encoders, with a linear head on the fused feature."""
 
     method: str = ""
     config_class: type[ModelConfig] = ModelConfig
+    encodes_by_availability: bool = False
+    """True where a modality's encoding depends on which other modalities the sample has (MAP's and REP's
+    prompts): scenario evaluation then runs one forward pass per scenario instead of one encoding pass for all."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         kinds = {m: e.resolve_kind(m) for m, e in config.encoders.items()}
         self.collator = Collator(
-            {m: config.encoders[m].processor(kinds[m]) for m in config.modalities}, config.num_classes, config.multilabel
+            {m: config.encoders[m].processor(kinds[m]) for m in config.modalities},
+            config.num_classes,
+            config.multilabel,
         )
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.encoders = nn.ModuleDict(
+                {m: ModalityEncoder(m, e, config.adapter) for m, e in config.encoders.items()}
+            )
+            self.hidden_sizes = {m: e.hidden_size for m, e in self.encoders.items()}
+            self.build()
+            self.head = nn.Linear(self.fused_size(), config.num_classes)
+            self.plugins = nn.ModuleDict(
                 {
-                    m: ModalityEncoder(m, e, config.adapter, num_proxies=self.num_proxies(m))
-                    for m, e in config.encoders.items()
+                    name: PLUGINS.get(name)(self, PLUGINS.get(name).config_class(**options))
+                    for name, options in config.plugins.items()
                 }
             )
-            sizes = {m: e.hidden_size for m, e in self.encoders.items()}
-            if len(set(sizes.values())) != 1:
-                raise ValueError(
-                    f"additive fusion needs encoders of one hidden size, got {sizes}; choose encoders that match"
-                )
-            self.hidden_size = next(iter(sizes.values()))
-            self.head = nn.Linear(self.hidden_size, config.num_classes)
         self.dropout_rng = random.Random(config.seed)
         self._placeholder_inputs: dict[str, dict[str, torch.Tensor]] = {}
 
     # ----- what a method decides -------------------------------------------------------------------------------
 
-    def num_proxies(self, modality: str) -> int:
-        """How many proxy tokens the encoder of `modality` carries (none unless a method says otherwise)."""
-        return 0
+    def build(self) -> None:
+        """Add the method's modules and encoder extensions (`ModalityEncoder.add_prefix`, `add_layer_edit`,
+        `insert_tokens`). Runs under the config's seed, after the encoders and before the head."""
 
-    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]):
-        """Per-modality features: returns (cls: m -> [B, d], proxies: (m, n) -> [B, d])."""
+    def fused_size(self) -> int:
+        """Width of the fused feature, the head's input. Additive fusion needs encoders of one width."""
+        if len(set(self.hidden_sizes.values())) != 1:
+            raise ValueError(
+                f"additive fusion needs encoders of one hidden size, got {self.hidden_sizes}; "
+                "choose encoders that match"
+            )
+        return next(iter(self.hidden_sizes.values()))
+
+    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]) -> Features:
+        """Per-modality features. By default each encoder runs on the samples that show its modality."""
+        cls = {}
+        for modality in self.modalities:
+            encoded = self.encode_present(batch, modality, visible[modality], visible)
+            cls[modality] = encoded.cls if encoded else self.zeros(len(batch), self.hidden_sizes[modality])
+        return Features(cls)
+
+    def fuse(self, features: Features, visible: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def fuse(self, cls, proxies, visible) -> torch.Tensor:
-        raise NotImplementedError
+    def auxiliary_losses(
+        self, features: Features, present: dict[str, torch.Tensor], batch: Batch
+    ) -> dict[str, tuple[torch.Tensor, float]]:
+        """Name -> (loss, weight) added to the task loss (CMPT: its alignment loss, lambda of eq. 7)."""
+        return {}
 
-    def auxiliary_loss(self, cls, proxies, present) -> torch.Tensor:
-        return self.head.weight.new_zeros(())
-
-    @property
-    def auxiliary_weight(self) -> float:
-        """Weight of `auxiliary_loss` in the total loss (lambda of paper eq. 7 for CMPT)."""
-        return 0.0
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """The optimizer's parameter groups: adapters, head and plug-ins at the run's learning rate, the method's
+        own modules at `module_lr_scale` times it."""
+        own, rest = [], []
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                (rest if name.startswith(("encoders.", "head.", "plugins.")) else own).append(parameter)
+        groups = [{"params": rest}]
+        if own:
+            groups.append({"params": own, "lr": lr * self.config.module_lr_scale})
+        return groups
 
     # ----- shared machinery ------------------------------------------------------------------------------------
 
@@ -172,13 +271,38 @@ class MultimodalModel(nn.Module):
     def modalities(self) -> list[str]:
         return self.config.modalities
 
+    def hooks(self) -> list[TrainingHooks]:
+        """The method, then its plug-ins: what the training loop calls the hooks of."""
+        return [self, *self.plugins.values()]
+
+    def modality_parameters(self, modality: str) -> list[nn.Parameter]:
+        """The trainable parameters that belong to `modality` alone: its encoder's adapters, and the method's
+        parameters kept under the modality's name (`self.proxies["image"]` -> `proxies.image`)."""
+        def belongs(name: str) -> bool:
+            if name.startswith(("encoders.", "plugins.")):
+                return name.startswith(f"encoders.{modality}.")
+            return modality in name.split(".")
+
+        return [p for name, p in self.named_parameters() if p.requires_grad and belongs(name)]
+
+    def zeros(self, *shape: int) -> torch.Tensor:
+        return self.head.weight.new_zeros(shape) if hasattr(self, "head") else torch.zeros(shape)
+
     def collate(self, samples: list[dict]) -> Batch:
         return self.collator(samples)
 
-    def encode_present(self, batch: Batch, modality: str, keep: torch.Tensor):
-        """Run the encoder of `modality` on the samples in `keep` (a subset of those that have it) only.
+    def encode_present(
+        self,
+        batch: Batch,
+        modality: str,
+        keep: torch.Tensor,
+        visible: dict[str, torch.Tensor] | None = None,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput | None:
+        """Run the encoder of `modality` on the samples in `keep` (a subset of those that have it) only, telling
+        it each sample's availability pattern (`visible`, default: what the samples have).
 
-        Returns (cls [B, d], proxies [B, k, d]) with zero rows elsewhere, or None when no sample is kept.
+        Returns its output with zero rows for the other samples, or None when no sample is kept.
         """
         present = batch.present[modality]
         keep = keep & present
@@ -187,21 +311,28 @@ class MultimodalModel(nn.Module):
         inputs = batch.inputs[modality]
         if not torch.equal(keep, present):
             inputs = select_rows(inputs, keep[present])
-        cls, proxies = self.encoders[modality](inputs)
-        return scatter_rows(self.fusion_normalize(cls), keep), scatter_rows(self.fusion_normalize(proxies), keep)
+        context = EncoderContext(visible if visible is not None else batch.present).rows(keep)
+        out = self.encoders[modality](inputs, context, output_hidden_states)
+        return EncoderOutput(
+            scatter_rows(self.fusion_normalize(out.cls), keep),
+            {name: scatter_rows(self.fusion_normalize(t), keep) for name, t in out.prefix.items()},
+            None if out.hidden_states is None else tuple(scatter_rows(h, keep) for h in out.hidden_states),
+        )
 
     def placeholder_inputs(self, modality: str) -> dict[str, torch.Tensor]:
         """The processed input that stands in for a missing `modality` (a batch of one): by default the
         processor's placeholder (empty text, black image, silence); methods may choose another."""
         return self.collator.placeholder(modality)
 
-    def encode_placeholder(self, modality: str, device: torch.device) -> torch.Tensor:
-        """CLS feature of the modality's placeholder input, computed once per call and shared by all samples."""
+    def encode_placeholder(
+        self, modality: str, device: torch.device, context: EncoderContext | None = None
+    ) -> torch.Tensor:
+        """CLS feature [d] of the modality's placeholder input, computed once per call and shared by all samples
+        (of one availability pattern, `context`, where the encoding depends on it)."""
         if modality not in self._placeholder_inputs:
             self._placeholder_inputs[modality] = self.placeholder_inputs(modality)
         inputs = {k: v.to(device) for k, v in self._placeholder_inputs[modality].items()}
-        cls, _ = self.encoders[modality](inputs)
-        return self.fusion_normalize(cls)[0]
+        return self.fusion_normalize(self.encoders[modality](inputs, context).cls)[0]
 
     def fusion_normalize(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder outputs as fusion sees them (`ModelConfig.fusion_norm`)."""
@@ -239,29 +370,33 @@ class MultimodalModel(nn.Module):
             empty = int((~torch.stack(list(present.values())).any(0)).nonzero()[0])
             raise ValueError(f"sample {empty} (id {batch.ids[empty]!r}) has no modality at all")
         visible = self.drop_modalities(present) if self.training else present
-        cls, proxies = self.encode(batch, visible)
-        fused = self.fuse(cls, proxies, visible)
-        logits = self.head(fused)
-        align_loss = self.auxiliary_loss(cls, proxies, present)
-        output = ModelOutput(logits, fused, cls, proxies, present, visible, align_loss)
+        features = self.encode(batch, visible)
+        fused = self.fuse(features, visible)
+        output = ModelOutput(self.head(fused), fused, features, present, visible)
         if batch.labels is not None:
-            output.task_loss = self.task_loss(logits, batch.labels)
-            output.loss = output.task_loss + self.auxiliary_weight * align_loss
+            weighted = dict(self.auxiliary_losses(features, present, batch))
+            for plugin in self.plugins.values():
+                weighted.update(plugin.auxiliary_losses(features, visible, batch))
+            output.losses = {name: loss for name, (loss, _) in weighted.items()}
+            output.loss_weights = {name: weight for name, (_, weight) in weighted.items()}
+            output.task_loss = self.task_loss(output.logits, batch.labels)
+            output.loss = output.task_loss + sum(w * output.losses[n] for n, w in output.loss_weights.items())
         return output
 
     @torch.no_grad()
     def logits_by_availability(
         self, batch: Batch, scenarios: dict[str, dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        """Logits of `batch` under each scenario (name -> modality -> [B] bools: what each sample may show),
-        encoding each modality of each sample once for all of them.
-
-        Every method here encodes a modality without looking at the others, so only the fusion depends on which
-        modalities a sample has: scoring many scenarios of one test set costs one encoding pass, not one each.
+        """Logits of `batch` under each scenario (name -> modality -> [B] bools: what each sample may show).
         A modality that a sample lacks stays missing whatever the scenario says.
+
+        Where a method encodes a modality without looking at the others, only the fusion depends on which
+        modalities a sample has: every modality of every sample is encoded once for all scenarios, so that many
+        scenarios of one test set cost one encoding pass. A method that `encodes_by_availability` is run once
+        per scenario instead.
         """
         present = batch.present
-        cls, proxies = self.encode(batch, present)
+        shared = None if self.encodes_by_availability else self.encode(batch, present)
         logits = {}
         for name, shown in scenarios.items():
             visible = {m: p & shown[m] for m, p in present.items()}
@@ -269,7 +404,8 @@ class MultimodalModel(nn.Module):
             if empty.any():
                 first = int(empty.nonzero()[0])
                 raise ValueError(f"scenario {name!r} leaves sample {first} (id {batch.ids[first]!r}) no modality")
-            logits[name] = self.head(self.fuse(cls, proxies, visible))
+            features = shared if shared is not None else self.encode(batch, visible)
+            logits[name] = self.head(self.fuse(features, visible))
         return logits
 
     @torch.no_grad()
@@ -299,19 +435,17 @@ class MultimodalModel(nn.Module):
         finally:
             self.train(was_training)
 
-    # ----- parameters, saving, loading -------------------------------------------------------------------------
+    # ----- parameters, state, saving, loading ------------------------------------------------------------------
 
     def trainable_parameter_counts(self) -> dict[str, int]:
-        """Trainable parameters per part: adapters of each encoder, proxy tokens, head, and the total."""
+        """Trainable parameters per part: the adapters of each encoder, each module of the method (e.g.
+        `proxies`, `prompts`), each plug-in, the head, and the totals."""
         counts: dict[str, int] = {}
         for name, parameter in self.named_parameters():
             if not parameter.requires_grad:
                 continue
-            if name.startswith("encoders."):
-                modality = name.split(".")[1]
-                part = "proxies" if name.endswith("proxy_tokens") else f"adapters.{modality}"
-            else:
-                part = name.split(".")[0]
+            top, second = (name.split(".") + [""])[:2]
+            part = f"adapters.{second}" if top == "encoders" else second if top == "plugins" else top
             counts[part] = counts.get(part, 0) + parameter.numel()
         counts["total_trainable"] = sum(counts.values())
         counts["total"] = sum(p.numel() for p in self.parameters())
@@ -324,9 +458,12 @@ class MultimodalModel(nn.Module):
             print(f"{part:<{width}}  {count:>12,}")
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapters, proxies and head: everything that training changes (the frozen encoders are not stored)."""
+        """Everything training changes: adapters, the method's parameters, the head, and the method's persistent
+        buffers (feature banks, running statistics). The frozen encoders are not stored."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {n: t.detach().cpu().contiguous() for n, t in self.state_dict().items() if n in names}
+        state = self.state_dict()
+        names |= {n for n, _ in self.named_buffers() if n in state and ".backbone." not in n}
+        return {n: t.detach().cpu().contiguous() for n, t in state.items() if n in names}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load what `trainable_state_dict` saved; names and shapes are checked first, so that weights of another
@@ -345,31 +482,84 @@ class MultimodalModel(nn.Module):
                 )
         self.load_state_dict(state, strict=False)
 
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+        """Weights saved by an older `FORMAT_VERSION`, renamed to this one's layout."""
+        return state
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the config (JSON) and the trained weights (safetensors) atomically into `directory`. The weights
+        """Write the config (JSON) and the trained state (safetensors) atomically into `directory`. The weights
         (the trainable state only, small) are serialized in memory and written by Python, so that a failed write
         reports the OS error (`atomic_write`), which safetensors' own file writer turns into text."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"method": self.method, **self.config.to_dict()}
+        config = {"format_version": FORMAT_VERSION, "method": self.method, **self.config.to_dict()}
         weights = safetensors_bytes(self.trainable_state_dict(), metadata={"method": self.method})
         atomic_write(directory / WEIGHTS_FILE, lambda p: Path(p).write_bytes(weights))
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod
+    def option_fields(cls) -> dict[str, tuple[Any, Any]]:
+        """Every keyword option of `config_from_kwargs`, name -> (type, default): the config's fields, the
+        adapter shorthands and the plug-ins' options (`<plugin>` and `<plugin>_<option>`)."""
+        def described(config_class, skip=()):
+            hints = typing.get_type_hints(config_class)
+            return {
+                f.name: (hints[f.name], f.default if f.default is not MISSING else f.default_factory())
+                for f in fields(config_class)
+                if f.name not in skip and (f.default is not MISSING or f.default_factory is not MISSING)
+            }
+
+        options = described(cls.config_class, skip=("plugins", "adapter"))
+        adapter = AdapterConfig()
+        options.update(
+            adapter=(str, adapter.kind), rank=(int, adapter.rank), alpha=(float, adapter.alpha),
+            adapter_dropout=(float, adapter.dropout),
+        )
+        for name in PLUGINS.names():
+            options[name] = (bool, False)
+            options.update({f"{name}_{k}": v for k, v in described(PLUGINS.get(name).config_class).items()})
+        return options
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return list(cls.option_fields())
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        return {name: default for name, (_, default) in cls.option_fields().items()}
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Check option values without loading any encoder: the config is built over two stand-in encoders."""
+        cls.config_from_kwargs({"first": "first", "second": "second"}, 2, **options)
+
+    @classmethod
     def config_from_kwargs(cls, encoders, num_classes, **options) -> ModelConfig:
         names = {f.name for f in fields(cls.config_class)}
-        adapter_options = {k: options.pop(k) for k in ADAPTER_SHORTHANDS[1:] if k in options}
+        adapter_options = {k: options.pop(k) for k in ADAPTER_SHORTHANDS if k in options}
         if isinstance(options.get("adapter"), str):
             adapter_options["kind"] = options.pop("adapter")
         if "adapter_dropout" in adapter_options:
             adapter_options["dropout"] = adapter_options.pop("adapter_dropout")
         if adapter_options:
             options["adapter"] = AdapterConfig(**adapter_options)
+        plugins = {name: dict(o) for name, o in (options.pop("plugins", None) or {}).items()}
+        for name in PLUGINS.names():
+            if name in options:
+                if options.pop(name):
+                    plugins.setdefault(name, {})
+                else:
+                    plugins.pop(name, None)
+            prefixed = {k: options.pop(k) for k in list(options) if k.startswith(f"{name}_")}
+            if prefixed and name not in plugins:
+                raise ValueError(f"{', '.join(sorted(prefixed))} set without the plug-in: add {name}=true")
+            for key, value in prefixed.items():
+                plugins[name][key.removeprefix(f"{name}_")] = value
         unknown = set(options) - names
         if unknown:
             raise TypeError(
                 f"method {cls.method!r} has no option {', '.join(sorted(unknown))}; "
-                f"its options are {', '.join(sorted(names - {'encoders', 'num_classes'}))}, {', '.join(ADAPTER_SHORTHANDS[1:])}"
+                f"its options are {', '.join(cls.option_names())}"
             )
-        return cls.config_class(encoders=encoders, num_classes=num_classes, **options)
+        return cls.config_class(encoders=encoders, num_classes=num_classes, plugins=plugins, **options)

@@ -84,8 +84,13 @@ METHODS = Registry(
         "baseline": "robustmm.methods.baseline:PlaceholderFusion",
         "dropout": "robustmm.methods.baseline:ModalityDropout",
         "cmpt": "robustmm.methods.cmpt:CMPT",
+        "map": "robustmm.methods.map:MissingAwarePrompts",
+        "rep": "robustmm.methods.rep:ReplayPrompting",
+        "molt": "robustmm.methods.molt:MoLT",
     },
 )
+PLUGINS = Registry("plug-in", "plugin", builtin={"mwam": "robustmm.methods.mwam:MWAM"})
+"""Additions to any method (`ModelConfig.plugins`), e.g. `build_model("cmpt", ..., mwam=True)`."""
 
 
 def register_method(name: str):
@@ -121,7 +126,7 @@ def load_model(directory: str | os.PathLike):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model import CONFIG_FILE, WEIGHTS_FILE
+    from .model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
@@ -133,12 +138,15 @@ def load_model(directory: str | os.PathLike):
         options = json.loads(config_path.read_text(encoding="utf-8"))
         if not isinstance(options, dict) or "method" not in options:
             raise ValueError("expected a JSON object with a 'method'")
+        version = options.pop("format_version", 1)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise ValueError(f"format version {version!r} is newer than this robustmm reads ({FORMAT_VERSION})")
         cls = get_method(options.pop("method"))
         config = cls.config_class(**options)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{config_path}: damaged or not written by this version of robustmm: {error}") from error
     try:
-        state = load_file(weights_path)
+        state = cls.upgrade_state_dict(load_file(weights_path), version)
     except SafetensorError as error:
         raise ValueError(f"{weights_path}: damaged or incomplete safetensors file ({error})") from error
     try:

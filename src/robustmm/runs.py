@@ -31,7 +31,6 @@ from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, RunConfig, config_d
 from .data.protocol import bind_kind
 from .evaluation import dataset_metrics, inference_device, open_split, parse_scenarios, score
 from .metrics import METRICS
-from .model import ADAPTER_SHORTHANDS
 from .precision import AUTO, resolve_precision
 from .registry import build_model
 from .training import TrainConfig, train
@@ -163,14 +162,11 @@ def build_run_model(config: RunConfig, dataset):
 def without_other_methods_options(config: RunConfig, log=print) -> RunConfig:
     """`config` without the model options that belong to other methods only, each left out with a note, so that
     `--method dropout` on a shipped CMPT config (which sets `align_denominator`) trains instead of refusing.
-    An option that no registered method has stays, for `build_model` to reject as the typo it is."""
-    from dataclasses import fields
-
+    (An option that no registered method has was refused when the config loaded.)"""
     from .registry import METHODS
 
     def options_of(name: str) -> set[str]:
-        cls = METHODS.get(name)
-        return {f.name for f in fields(cls.config_class)} | set(ADAPTER_SHORTHANDS)
+        return set(METHODS.get(name).option_names())
 
     own = options_of(config.model.method)
     others = {name: options_of(name) for name in METHODS.names() if METHODS.key(name) != METHODS.key(config.model.method)}

@@ -111,6 +111,9 @@ class LitClassifier(L.LightningModule):
         self.config = config
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
+        self._last_output = None
+        self.train_samples = None
+        """Set by `train`, for the models' `on_fit_start` hooks."""
 
     def state_dict(self, *args, **kwargs):
         return self.model.trainable_state_dict()
@@ -128,13 +131,28 @@ class LitClassifier(L.LightningModule):
         self.model.dropout_rng.setstate(checkpoint["modality_dropout_rng"])
         torch.set_rng_state(checkpoint["torch_rng"])
 
+    def on_fit_start(self):
+        for part in self.model.hooks():
+            part.on_fit_start(self.train_samples)
+
     def training_step(self, batch, batch_index):
         output = self.model(batch)
         size = len(batch)
         self.log("train/loss", output.loss, prog_bar=True, batch_size=size)
         self.log("train/task_loss", output.task_loss, batch_size=size)
-        self.log("train/align_loss", output.align_loss, batch_size=size)
+        for name, loss in output.losses.items():
+            self.log(f"train/{name}_loss", loss, batch_size=size)
+        self._last_output = output
         return output.loss
+
+    def on_after_backward(self):
+        for part in self.model.hooks():
+            part.on_after_backward()
+
+    def on_train_batch_end(self, outputs, batch, batch_index):
+        output, self._last_output = self._last_output, None
+        for part in self.model.hooks():
+            part.on_train_batch_end(output)
 
     def validation_step(self, batch, batch_index):
         output = self.model(batch)
@@ -151,8 +169,8 @@ class LitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.config
-        parameters = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(parameters, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        groups = self.model.param_groups(c.lr, c.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         total = self.trainer.estimated_stepping_batches
         warmup = math.floor(total * c.warmup_epochs / c.epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -296,6 +314,7 @@ def train(
     config = replace(config, precision=resolve_precision(config.precision, config.accelerator))
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = LitClassifier(model, config)
+    module.train_samples = train_samples
     metric = f"val/{(config.metrics or default_metrics(model.config.multilabel))[0]}"
     callbacks, loggers = list(callbacks or []), False
     checkpoint = None

@@ -102,7 +102,19 @@ def add_data_parser(commands) -> argparse.ArgumentParser:
     )
     prepare_parser.add_argument("--overwrite", action="store_true", help="recompute fbank arrays that exist")
     prepare_parser.set_defaults(func=prepare)
+
+    example_parser = actions.add_parser(
+        "example", help="write a small image+text dataset with empty cells, for the README's walk-through"
+    )
+    example_parser.add_argument("folder", help="where to write it (created)")
+    example_parser.set_defaults(func=example)
     return data
+
+
+def example(args) -> None:
+    from ..example import main
+
+    main(args)
 
 
 def _readers(args, **extra):

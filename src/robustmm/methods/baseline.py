@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import ModelConfig, MultimodalModel
-from ..processing import Batch
+from ..model import Features, ModelConfig, MultimodalModel
 from ..registry import register_method
 
 
@@ -58,25 +57,15 @@ class PlaceholderFusion(MultimodalModel):
         key = "input_values" if kind == "audio" else "pixel_values"
         return {**inputs, key: torch.full_like(inputs[key], 1.0 if choice == "ones" else 0.0)}
 
-    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]):
-        cls = {}
-        for modality in self.modalities:
-            encoded = self.encode_present(batch, modality, visible[modality])
-            if encoded is None:
-                cls[modality] = self.head.weight.new_zeros(len(batch), self.hidden_size)
-            else:
-                cls[modality] = encoded[0]
-        return cls, {}
-
-    def fuse(self, cls, proxies, visible) -> torch.Tensor:
+    def fuse(self, features: Features, visible) -> torch.Tensor:
         device = self.head.weight.device
         fused = 0
         for modality in self.modalities:
             shown = visible[modality].unsqueeze(-1)
-            features = cls[modality]
+            cls = features.cls[modality]
             if not shown.all():
-                features = torch.where(shown, features, self.encode_placeholder(modality, device))
-            fused = fused + features
+                cls = torch.where(shown, cls, self.encode_placeholder(modality, device))
+            fused = fused + cls
         return fused
 
 

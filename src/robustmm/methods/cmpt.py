@@ -42,8 +42,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
-from ..model import ModelConfig, MultimodalModel
+from ..model import Features, ModelConfig, MultimodalModel
 from ..processing import Batch
 from ..registry import register_method
 
@@ -128,37 +129,53 @@ class CMPT(MultimodalModel):
 
     config_class = CMPTConfig
 
-    def num_proxies(self, modality: str) -> int:
-        return len(self.config.encoders) - 1
+    def build(self) -> None:
+        """One proxy token per other modality in front of each encoder's CLS (eq. 2), N(0, 0.02^2)."""
+        self.fused_size()  # proxies stand for other modalities' class outputs: one width for all
+        self.proxies = nn.ParameterDict(
+            {
+                m: nn.Parameter(torch.randn(len(self.proxy_targets(m)), self.hidden_sizes[m]) * 0.02)
+                for m in self.modalities
+            }
+        )
+        for m, encoder in self.encoders.items():
+            tokens = self.proxies[m]
+            encoder.add_prefix("proxies", len(tokens), lambda context, t=tokens: t.expand(len(context), -1, -1))
 
     def proxy_targets(self, modality: str) -> list[str]:
         """The modalities whose class outputs the proxies of `modality` stand for, in token order."""
         return [m for m in self.modalities if m != modality]
 
-    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]):
+    def encode(self, batch: Batch, visible: dict[str, torch.Tensor]) -> Features:
         """Encode each modality for the samples that truly have it (dropped ones too: the alignment needs them)."""
         cls, proxies = {}, {}
         for modality in self.modalities:
             encoded = self.encode_present(batch, modality, batch.present[modality])
-            if encoded is None:
-                encoded = (
-                    self.head.weight.new_zeros(len(batch), self.hidden_size),
-                    self.head.weight.new_zeros(len(batch), self.num_proxies(modality), self.hidden_size),
-                )
-            cls[modality] = encoded[0]
-            for index, target in enumerate(self.proxy_targets(modality)):
-                proxies[modality, target] = encoded[1][:, index]
-        return cls, proxies
+            targets = self.proxy_targets(modality)
+            d = self.hidden_sizes[modality]
+            cls[modality] = encoded.cls if encoded else self.zeros(len(batch), d)
+            tokens = encoded.prefix["proxies"] if encoded else self.zeros(len(batch), len(targets), d)
+            for index, target in enumerate(targets):
+                proxies[modality, target] = tokens[:, index]
+        return Features(cls, {"proxies": proxies})
 
-    def fuse(self, cls, proxies, visible) -> torch.Tensor:
-        return sum(proxy_fill(cls, proxies, visible, self.modalities).values())
+    def fuse(self, features: Features, visible) -> torch.Tensor:
+        return sum(proxy_fill(features.cls, features.extras["proxies"], visible, self.modalities).values())
 
-    def auxiliary_loss(self, cls, proxies, present) -> torch.Tensor:
+    def auxiliary_losses(self, features: Features, present, batch) -> dict[str, tuple[torch.Tensor, float]]:
         c = self.config
-        return alignment_loss(
-            cls, proxies, present, self.modalities, c.align_denominator, c.align_detach_target, c.align_eps
+        loss = alignment_loss(
+            features.cls, features.extras["proxies"], present, self.modalities,
+            c.align_denominator, c.align_detach_target, c.align_eps,
         )
+        return {"align": (loss, c.align_weight)}
 
-    @property
-    def auxiliary_weight(self) -> float:
-        return self.config.align_weight
+    @classmethod
+    def upgrade_state_dict(cls, state, version):
+        """Format 1 kept the proxies in the encoders (`encoders.<m>.proxy_tokens`)."""
+        if version >= 2:
+            return state
+        return {
+            f"proxies.{name.split('.')[1]}" if name.endswith(".proxy_tokens") else name: tensor
+            for name, tensor in state.items()
+        }
