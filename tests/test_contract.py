@@ -1,6 +1,9 @@
 """The method contract, checked for every registered method (and a plug-in on one): every availability pattern,
 no NaN, save/load, resume, per-scenario logits, parameter counts. A new method is held to it by registering."""
 
+import pickle
+from copy import deepcopy
+
 import pytest
 import torch
 
@@ -96,6 +99,24 @@ def test_save_and_load_give_identical_logits_and_counts_add_up(tiny_encoders, va
     assert counts["total_trainable"] == trainable
     assert sum(v for k, v in counts.items() if not k.startswith("total")) == trainable
     assert counts["head"] > 0 and counts["adapters.image"] > 0 and counts["adapters.text"] > 0
+
+
+def test_a_copy_is_a_model_of_its_own_and_pickles(tiny_encoders, variant):
+    method, options = variant
+    model = build(method, {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}, **options).eval()
+    batch = model.collate(every_pattern(["image", "text"]))
+    before = model(batch).logits
+    copy = deepcopy(model)
+    torch.testing.assert_close(copy(batch).logits, before)
+    with torch.no_grad():  # the copy's own parameters drive it, not the original's
+        for name, parameter in copy.named_parameters():
+            if parameter.requires_grad and not name.startswith(("encoders.", "head.", "plugins.")):
+                parameter.add_(1.0)
+    changed = copy(batch).logits
+    torch.testing.assert_close(model(batch).logits, before)
+    if any(p.requires_grad and not n.startswith(("encoders.", "head.", "plugins.")) for n, p in model.named_parameters()):
+        assert not torch.allclose(changed, before)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(model))(batch).logits, before)
 
 
 def test_a_killed_run_resumes_to_the_same_model(tiny_encoders, variant, tmp_path):

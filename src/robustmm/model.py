@@ -17,7 +17,6 @@ import json
 import os
 import random
 import typing
-import weakref
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -173,11 +172,7 @@ class Plugin(TrainingHooks, nn.Module):
     def __init__(self, model: "MultimodalModel", config):
         super().__init__()
         self.config = config
-        self._owner = weakref.ref(model)  # not a submodule: the model owns the plug-in
-
-    @property
-    def owner(self) -> "MultimodalModel":
-        return self._owner()
+        object.__setattr__(self, "owner", model)  # a plain attribute, not a submodule: the model owns the plug-in
 
     def auxiliary_losses(
         self, features: Features, visible: dict[str, torch.Tensor], batch: Batch
@@ -437,6 +432,12 @@ class MultimodalModel(TrainingHooks, nn.Module):
 
     # ----- parameters, state, saving, loading ------------------------------------------------------------------
 
+    def __reduce__(self):
+        """Pickling and `copy.deepcopy` rebuild the model from its config and state: the hooks that extend the
+        encoders close over the model that registered them, so a copy of the objects would be driven by the
+        original's parameters."""
+        return _rebuild, (type(self), self.config, self.state_dict(), self.training, self.dropout_rng.getstate())
+
     def trainable_parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part: the adapters of each encoder, each module of the method (e.g.
         `proxies`, `prompts`), each plug-in, the head, and the totals."""
@@ -563,3 +564,10 @@ class MultimodalModel(TrainingHooks, nn.Module):
                 f"its options are {', '.join(cls.option_names())}"
             )
         return cls.config_class(encoders=encoders, num_classes=num_classes, plugins=plugins, **options)
+
+
+def _rebuild(cls, config, state, training, dropout_state) -> MultimodalModel:
+    model = cls(config)
+    model.load_state_dict(state)
+    model.dropout_rng.setstate(dropout_state)
+    return model.train(training)
