@@ -24,20 +24,21 @@ def _bench(args) -> None:
 def _methods(args) -> None:
     from .registry import METHODS, PLUGINS
 
-    plugins = PLUGINS.names()
+    def show(options: dict) -> None:
+        for option, (_, default) in options.items():
+            print(f"    {option} = {default!r}")
+
     for name in METHODS.names():
         print(f"{name:<10} {METHODS.summary(name)}")
         if args.options:
-            for option, default in METHODS.get(name).option_defaults().items():
-                if option.split("_")[0] not in plugins:
-                    print(f"    {option} = {default!r}")
+            show(METHODS.get(name).own_option_fields())
     print("plug-ins, on any method (e.g. --option mwam=true):")
-    for name in plugins:
+    for name in PLUGINS.names():
         print(f"{name:<10} {PLUGINS.summary(name)}")
         if args.options:
-            for option, default in METHODS.get(METHODS.names()[0]).option_defaults().items():
-                if option.startswith(f"{name}_"):
-                    print(f"    {option} = {default!r}")
+            from .model import plugin_option_fields
+
+            show({k: v for k, v in plugin_option_fields(name).items() if k != name})
 
 
 TRAIN_FLAGS = {

@@ -107,15 +107,16 @@ def make_data(config: DemoConfig) -> DemoData:
     )
 
 
-def options_for(options: dict, method: str) -> dict:
-    """The options in `options` (`key` or `method.key`) that apply to `method`."""
+def applies(key: str, method: str) -> bool:
+    """Whether the option `key` (`name` or `method.name`) goes to `method`."""
     cls = get_method(method)
-    chosen = {}
-    for key, value in options.items():
-        owner, _, name = key.rpartition(".")
-        if (owner and METHODS.key(owner) == cls.method) or (not owner and name in cls.option_names()):
-            chosen[name] = value
-    return chosen
+    owner, _, name = key.rpartition(".")
+    return METHODS.key(owner) == cls.method if owner else name in cls.option_names()
+
+
+def options_for(options: dict, method: str) -> dict:
+    """The options in `options` (`key` or `method.key`) that apply to `method`, by their plain names."""
+    return {key.rpartition(".")[2]: value for key, value in options.items() if applies(key, method)}
 
 
 def model_options(config: DemoConfig, data: DemoData, method: str) -> dict:
@@ -127,7 +128,7 @@ def check_methods(config: DemoConfig, data: DemoData) -> None:
     """A bad method or option fails at once, not in a run minutes later; an option that no method of the run
     takes is an error, not a silent no-op."""
     for key in config.options:
-        if not any(key.rpartition(".")[2] in options_for({key: None}, m) for m in config.methods):
+        if not any(applies(key, m) for m in config.methods):
             owner = key.rpartition(".")[0]
             names = owner if owner else ", ".join(config.methods)
             raise ValueError(f"option {key!r} applies to none of the methods run ({names}); see `robustmm methods`")

@@ -500,26 +500,22 @@ class MultimodalModel(TrainingHooks, nn.Module):
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod
-    def option_fields(cls) -> dict[str, tuple[Any, Any]]:
-        """Every keyword option of `config_from_kwargs`, name -> (type, default): the config's fields, the
-        adapter shorthands and the plug-ins' options (`<plugin>` and `<plugin>_<option>`)."""
-        def described(config_class, skip=()):
-            hints = typing.get_type_hints(config_class)
-            return {
-                f.name: (hints[f.name], f.default if f.default is not MISSING else f.default_factory())
-                for f in fields(config_class)
-                if f.name not in skip and (f.default is not MISSING or f.default_factory is not MISSING)
-            }
-
-        options = described(cls.config_class, skip=("plugins", "adapter"))
+    def own_option_fields(cls) -> dict[str, tuple[Any, Any]]:
+        """The method's keyword options, name -> (type, default): its config's fields and the adapter shorthands."""
+        options = described_fields(cls.config_class, skip=("encoders", "num_classes", "plugins", "adapter"))
         adapter = AdapterConfig()
         options.update(
             adapter=(str, adapter.kind), rank=(int, adapter.rank), alpha=(float, adapter.alpha),
             adapter_dropout=(float, adapter.dropout),
         )
+        return options
+
+    @classmethod
+    def option_fields(cls) -> dict[str, tuple[Any, Any]]:
+        """Every keyword option of `config_from_kwargs`: the method's own and every plug-in's."""
+        options = cls.own_option_fields()
         for name in PLUGINS.names():
-            options[name] = (bool, False)
-            options.update({f"{name}_{k}": v for k, v in described(PLUGINS.get(name).config_class).items()})
+            options.update(plugin_option_fields(name))
         return options
 
     @classmethod
@@ -564,6 +560,23 @@ class MultimodalModel(TrainingHooks, nn.Module):
                 f"its options are {', '.join(cls.option_names())}"
             )
         return cls.config_class(encoders=encoders, num_classes=num_classes, plugins=plugins, **options)
+
+
+def described_fields(config_class, skip=()) -> dict[str, tuple[Any, Any]]:
+    """Name -> (type, default) of a config dataclass's fields that have a default."""
+    hints = typing.get_type_hints(config_class)
+    return {
+        f.name: (hints[f.name], f.default if f.default is not MISSING else f.default_factory())
+        for f in fields(config_class)
+        if f.name not in skip and (f.default is not MISSING or f.default_factory is not MISSING)
+    }
+
+
+def plugin_option_fields(name: str) -> dict[str, tuple[Any, Any]]:
+    """The keyword options of a plug-in on any method: `<plugin>` (on or off) and `<plugin>_<option>`."""
+    options = {name: (bool, False)}
+    options.update({f"{name}_{k}": v for k, v in described_fields(PLUGINS.get(name).config_class).items()})
+    return options
 
 
 def _rebuild(cls, config, state, training, dropout_state) -> MultimodalModel:

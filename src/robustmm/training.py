@@ -105,15 +105,15 @@ def poly_schedule(total_steps: int, warmup_steps: int, warmup_factor: float, pow
 class LitClassifier(L.LightningModule):
     """Wraps a `MultimodalModel` for Lightning; its state dict is the model's trainable state only."""
 
-    def __init__(self, model: MultimodalModel, config: TrainConfig):
+    def __init__(self, model: MultimodalModel, config: TrainConfig, train_samples: Sequence[dict] | None = None):
         super().__init__()
         self.model = model
         self.config = config
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._last_output = None
-        self.train_samples = None
-        """Set by `train`, for the models' `on_fit_start` hooks."""
+        self.train_samples = train_samples
+        """For the models' `on_fit_start` hooks."""
 
     def state_dict(self, *args, **kwargs):
         return self.model.trainable_state_dict()
@@ -313,8 +313,7 @@ def train(
     config = replace(config, **overrides) if config is not None else TrainConfig(**overrides)
     config = replace(config, precision=resolve_precision(config.precision, config.accelerator))
     L.seed_everything(config.seed, workers=True, verbose=False)
-    module = LitClassifier(model, config)
-    module.train_samples = train_samples
+    module = LitClassifier(model, config, train_samples)
     metric = f"val/{(config.metrics or default_metrics(model.config.multilabel))[0]}"
     callbacks, loggers = list(callbacks or []), False
     checkpoint = None
