@@ -107,14 +107,38 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def comma_list(text: str | None, flag: str) -> list[str] | None:
+    """The names of a comma-separated option, None when it is not given; given but empty is an error, not the
+    default (`--methods ""` from an unset shell variable would otherwise run the default quietly)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"{flag} {text!r} names nothing; leave {flag} out for the default")
+    return names
+
+
 def _evaluate(args) -> None:
     import json
     from pathlib import Path
 
-    from .evaluation import evaluate_runs, format_table, log_to_stderr
-    from .atomic import atomic_write_text
+    from .atomic import atomic_write_text, check_not_an_input, check_replaceable
+    from .evaluation import RUN_INPUTS, evaluate_runs, format_table, is_evaluation_report, log_to_stderr
 
-    scenarios = [s for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
+    scenarios = comma_list(args.scenarios, "--scenarios")
+    if args.out:
+        check_not_an_input(args.out, [Path(run, name) for run in args.run_dirs for name in RUN_INPUTS])
+        check_replaceable(args.out, args.overwrite, is_evaluation_report, "an evaluation report")
     report = evaluate_runs(
         args.run_dirs, scenarios, args.rates, args.root, args.batch_size, args.split, log=log_to_stderr,
         precision=args.precision,
@@ -138,10 +162,12 @@ def _calibrate(args) -> None:
 
 def _predict(args) -> None:
     from .predict import predict_file
+    from .processing import MAX_PIXELS
 
     summary = predict_file(
         args.model, args.input, args.out, calibration=args.calibration, calibrate=args.calibrate,
         allow_outside=args.allow_outside, batch_size=args.batch_size, precision=args.precision,
+        max_pixels=args.max_pixels or MAX_PIXELS, overwrite=args.overwrite,
         log=lambda message: print(message, file=sys.stderr),
     )
     if summary["bad"]:
@@ -275,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     evaluate.add_argument("--out", help="also write the JSON report (with the aggregate over runs) to this file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an evaluation")
     evaluate.set_defaults(func=_evaluate)
 
     calibrate = commands.add_parser(
@@ -303,6 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-calibration", dest="calibrate", action="store_false", help="apply no temperature")
     predict.add_argument("--allow-outside", action="store_true", help="read files outside the input's folder")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument(
+        "--max-pixels", type=_positive_int,
+        help="refuse images with more pixels than this, before decoding them (default 64 million)",
+    )
+    predict.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a predictions file")
     predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
     predict.set_defaults(func=_predict)
 

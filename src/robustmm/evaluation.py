@@ -251,6 +251,22 @@ def evaluate_runs(
     return report
 
 
+RUN_INPUTS = ("config.yaml", "protocol.json", "metrics.json", "calibration.json", "model", "missing_tables",
+              "checkpoints")
+"""What `robustmm evaluate` and the commands after it read of a run directory: never an output path."""
+
+
+def is_evaluation_report(path: Path) -> bool:
+    """Whether `path` holds a report that `robustmm evaluate --out` writes (a JSON object with its runs)."""
+    if path.stat().st_size > 64 << 20:
+        return False
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return isinstance(report, dict) and isinstance(report.get("runs"), list)
+
+
 def format_table(report: dict) -> str:
     """A markdown table of the scenarios, metrics in %: mean ± SD over runs when there are several."""
     several = "aggregate" in report

@@ -106,7 +106,8 @@ def add_data_parser(commands) -> argparse.ArgumentParser:
     example_parser = actions.add_parser(
         "example", help="write a small image+text dataset with empty cells, for the README's walk-through"
     )
-    example_parser.add_argument("folder", help="where to write it (created)")
+    example_parser.add_argument("folder", help="where to write it (created; refused if it holds files)")
+    example_parser.add_argument("--overwrite", action="store_true", help="write into a folder that holds files")
     example_parser.set_defaults(func=example)
     return data
 

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from ..base import KINDS, DatasetError, MultimodalDataset, Record, classes_from_labels
+from ..base import KINDS, DatasetError, MultimodalDataset, Record, allow_long_cells, classes_from_labels
 from ..registry import register_dataset
 
 MANIFEST = "dataset.json"
@@ -51,9 +51,13 @@ def split_table(root: Path, split: str) -> Path | None:
 
 def peek_labels(path: Path) -> list:
     """The label cells of a split file, leaving malformed rows to the reader of that split to report."""
+    allow_long_cells()
     with open(path, newline="", encoding="utf-8-sig") as handle:
         if path.suffix == ".csv":
-            return [row.get("label") for row in csv.DictReader(handle)]
+            try:
+                return [row.get("label") for row in csv.DictReader(handle)]
+            except csv.Error:
+                return []  # the reader of that split reports the row
         labels = []
         for line in handle:
             try:
