@@ -30,7 +30,7 @@ def _members(hint) -> tuple | None:
 
 
 def _describe(value) -> str:
-    return f"{value!r} (a {type(value).__name__})"
+    return f"{value!r} ({type(value).__name__})"
 
 
 def checked_value(value, hint, name: str):
@@ -46,6 +46,8 @@ def checked_value(value, hint, name: str):
                 return checked_value(value, member, name)
             except ValueError as error:
                 errors.append(error)
+        if len(errors) == 1:  # X | None: X's own message says more
+            raise errors[0]
         wanted = " or ".join("None" if m is type(None) else getattr(m, "__name__", str(m)) for m in members)
         raise ValueError(f"{name} must be {wanted}, got {_describe(value)}")
     origin = typing.get_origin(hint) or hint

@@ -60,7 +60,7 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
                     for cells in reader:
                         rows.append((f"{path.name} line {reader.line_num}", cells))
                 except csv.Error as error:  # e.g. a cell over MAX_CELL_CHARS: the rest cannot be parsed
-                    raise ValueError(f"{path} line {reader.line_num}: {error}") from None
+                    raise ValueError(f"{path} line {reader.line_num + 1}: {error}") from None
                 return rows
             for number, line in enumerate(handle, 1):
                 if line.strip():

@@ -404,7 +404,7 @@ class Collator:
             if not isinstance(sample, Mapping):
                 raise ValueError(f"{name}: a sample is a dict of modality values, got a {type(sample).__name__}")
             for key in sample:
-                meant = lookalike(key, kinds) if key not in kinds else None
+                meant = lookalike(key, kinds)
                 if meant is not None:
                     raise ValueError(
                         f"{name}: {key!r} is not a modality of this model ({', '.join(kinds)}); did you mean "

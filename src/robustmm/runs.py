@@ -267,7 +267,7 @@ def remove_unstarted_run(run_dir: Path, created: bool) -> None:
     Once a checkpoint exists the run is kept, to be resumed."""
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return
-    for path in [run_dir] if created else [p for p in run_dir.iterdir() if p.name != LOCK]:
+    for path in [run_dir] if created else list(run_dir.iterdir()):  # the lock's file too: nothing is left
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:

@@ -265,7 +265,8 @@ class MultimodalDataset(Dataset):
                                 continue
                             yield origin, row
                     except csv.Error as error:  # e.g. a cell over MAX_CELL_CHARS: the rest cannot be parsed
-                        raise DatasetError(f"{self.where(f'{path.name} line {reader.line_num}')}: {error}") from None
+                        line = reader.line_num + 1  # the record that failed starts after the last one read
+                        raise DatasetError(f"{self.where(f'{path.name} line {line}')}: {error}") from None
                     return
                 for number, line in enumerate(handle, 1):
                     if not line.strip():
