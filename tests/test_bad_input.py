@@ -700,6 +700,30 @@ def _(c):
                        ("train.batch_size", 0, "--batch-size")])
 
 
+@case("protocol-option-wrong-type", ValueError, r"seed must be an integer, got 2.5 \(float\)")
+def _(c):
+    from robustmm.data import MissingProtocol
+
+    MissingProtocol(train_missing_rate=0.5, seed=2.5)
+
+
+@case("missing-table-cache-edited", None)
+def _(c):
+    from robustmm.data import MissingProtocol
+
+    dataset, protocol, cache = get_dataset("generic", c.generic()), MissingProtocol(train_missing_rate=0.5), c.tmp / "t"
+    expected = dataset.with_protocol(protocol).table.dropped
+    dataset.with_protocol(protocol, cache_dir=cache)
+    (table,) = cache.glob("missing-*.json")
+    stored = json.loads(table.read_text())
+    for damage in ({**stored, "selection": {"train0": "photo", "nobody": "caption"}},  # another sample, edited
+                   {**stored, "selection": dict.fromkeys(stored["selection"], "smell")}):
+        table.write_text(json.dumps(damage))
+        np.testing.assert_array_equal(dataset.with_protocol(protocol, cache_dir=cache).table.dropped, expected)
+    table.write_text("{damaged")
+    np.testing.assert_array_equal(dataset.with_protocol(protocol, cache_dir=cache).table.dropped, expected)
+
+
 # -- saved models whose config has fields of the wrong type ------------------------------------------------------
 
 

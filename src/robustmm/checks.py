@@ -87,4 +87,4 @@ def check_field_types(instance, prefix: str = "") -> None:
         value = getattr(instance, f.name)
         checked = checked_value(value, hints[f.name], f"{prefix}{f.name}")
         if checked is not value:
-            setattr(instance, f.name, checked)
+            object.__setattr__(instance, f.name, checked)  # frozen dataclasses too

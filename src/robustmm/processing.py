@@ -13,6 +13,7 @@ import io
 import operator
 import os
 import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,9 @@ def read_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
             handle = io.BytesIO(source)
         else:
             handle = stack.enter_context(media_file(source))
-        image = stack.enter_context(Image.open(handle))
+        with warnings.catch_warnings():  # Pillow's warning of a large image: max_pixels decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = stack.enter_context(Image.open(handle))
         if image.width * image.height > max_pixels:
             raise ValueError(
                 f"{image.width}x{image.height} pixels, more than max_pixels ({max_pixels:,}); resize the image, or "
