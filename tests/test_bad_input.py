@@ -636,7 +636,8 @@ def _(c):
 
 @case("encoder-option-wrong-type", ValueError, r"encoder max_length must be an integer, got 'long' \(str\)")
 def _(c):
-    build(c, encoders={"image": c.encoders["image"], "text": {"name_or_path": c.encoders["text"], "max_length": "long"}})
+    text = {"name_or_path": c.encoders["text"], "max_length": "long"}
+    build(c, encoders={"image": c.encoders["image"], "text": text})
 
 
 @case("class-names-repeated", ValueError, "class_names must be distinct; repeated: 'cat'")
@@ -669,7 +670,7 @@ def _(c):
     robustmm.TrainConfig(devices="abc")
 
 
-@case("train-accelerator-unknown", ValueError, "accelerator must be one of auto, gpu, cpu, cuda, mps, tpu, got 'banana'")
+@case("train-accelerator-unknown", ValueError, "accelerator must be one of auto, gpu, cpu, cuda, mps, tpu, got 'ban")
 def _(c):
     robustmm.TrainConfig(accelerator="banana")
 
@@ -722,6 +723,21 @@ def _(c):
         np.testing.assert_array_equal(dataset.with_protocol(protocol, cache_dir=cache).table.dropped, expected)
     table.write_text("{damaged")
     np.testing.assert_array_equal(dataset.with_protocol(protocol, cache_dir=cache).table.dropped, expected)
+
+
+@case("config-nested-too-deeply", ValueError, r"\S+deep.yaml: nested too deeply")
+def _(c):
+    from robustmm.config import load_config
+
+    (c.tmp / "deep.yaml").write_text("dataset: " + "[" * 100_000)
+    load_config(str(c.tmp / "deep.yaml"))
+
+
+@case("dataset-row-nested-too-deeply", DatasetError, r"generic train: train.jsonl line 3: not valid JSON: nested too")
+def _(c):
+    root = c.generic(fmt="jsonl")
+    edit_row(root / "train.jsonl", 3, '{"id"', '{"deep": ' + "[" * 100_000 + ', "id"')
+    get_dataset("generic", root)
 
 
 # -- saved models whose config has fields of the wrong type ------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .checks import load_json
+
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -171,7 +173,7 @@ def read_temperatures(path, modalities: Sequence[str] | None = None) -> dict[str
     if not path.is_file():
         raise ValueError(f"{path}: not a regular file" if path.exists() else f"{path}: no such calibration file")
     try:
-        return checked_temperatures(json.loads(path.read_text(encoding="utf-8")), modalities)
+        return checked_temperatures(load_json(path.read_text(encoding="utf-8")), modalities)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: not a calibration file written by `robustmm calibrate` ({error})") from error
 

@@ -88,3 +88,14 @@ def check_field_types(instance, prefix: str = "") -> None:
         checked = checked_value(value, hints[f.name], f"{prefix}{f.name}")
         if checked is not value:
             object.__setattr__(instance, f.name, checked)  # frozen dataclasses too
+
+
+def load_json(text: str):
+    """`json.loads`, with nesting too deep for the parser (a few kilobytes of `[`) a ValueError like any other bad
+    JSON, not a RecursionError."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -102,8 +102,11 @@ class _AliasFreeLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str):
-    """`yaml.safe_load` without aliases."""
-    return yaml.load(text, Loader=_AliasFreeLoader)
+    """`yaml.safe_load` without aliases; nesting too deep for the parser is a ConfigError too."""
+    try:
+        return yaml.load(text, Loader=_AliasFreeLoader)
+    except RecursionError:
+        raise ConfigError("nested too deeply") from None
 
 
 # ----- shipped configs -----------------------------------------------------------------------------------------

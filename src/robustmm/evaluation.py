@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .checks import load_json
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, config_differences, read_run_config
 from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
@@ -261,7 +262,7 @@ def is_evaluation_report(path: Path) -> bool:
     if path.stat().st_size > 64 << 20:
         return False
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = load_json(path.read_text(encoding="utf-8"))
     except ValueError:
         return False
     return isinstance(report, dict) and isinstance(report.get("runs"), list)

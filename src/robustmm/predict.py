@@ -22,6 +22,7 @@ import torch
 
 from .atomic import atomic_write_text, check_not_an_input, check_replaceable, first_line
 from .calibration import CALIBRATION_FILE, pattern_name, probabilities, temperatures_of
+from .checks import load_json
 from .processing import MAX_PIXELS, lookalike
 
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -65,7 +66,7 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        cells = json.loads(line)
+                        cells = load_json(line)
                     except ValueError as error:
                         cells = {None: f"not valid JSON: {error}"}
                     rows.append((f"{path.name} line {number}", cells if isinstance(cells, dict) else {
@@ -240,7 +241,7 @@ def is_predictions_file(path: Path) -> bool:
     if path.suffix == ".csv":
         return line.startswith("line,id,modalities,prediction,")
     try:
-        record = json.loads(line) if line else {}
+        record = load_json(line) if line else {}
     except ValueError:
         return False
     return isinstance(record, dict) and {"line", "id", "modalities"} <= set(record)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-import json
 import os
 from pathlib import Path
+
+from .checks import load_json
 
 
 class Registry:
@@ -135,7 +136,7 @@ def load_model(directory: str | os.PathLike):
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory} holds {CONFIG_FILE} but no {WEIGHTS_FILE}; was saving interrupted?")
     try:
-        options = json.loads(config_path.read_text(encoding="utf-8"))
+        options = load_json(config_path.read_text(encoding="utf-8"))
         if not isinstance(options, dict) or not isinstance(options.get("method"), str):
             raise ValueError("expected a JSON object with a 'method' name")
         version = options.pop("format_version", 1)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 import struct
 from collections import Counter
@@ -31,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..checks import load_json
 from ..processing import IMAGE_FILE_ERRORS, MAX_PIXELS, media_file, not_a_regular_file, read_image
 from .protocol import MissingProtocol, MissingTable
 
@@ -272,7 +272,7 @@ class MultimodalDataset(Dataset):
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = load_json(line)
                     except ValueError as error:
                         self.reject(f"{path.name} line {number}", f"not valid JSON: {error}")
                         continue
@@ -316,7 +316,7 @@ class MultimodalDataset(Dataset):
     def read_json(self, path: Path, expected: type = dict):
         """A JSON file of the layout, which must hold an object (or `expected`); anything else names the file."""
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+            value = load_json(path.read_text(encoding="utf-8"))
         except ValueError as error:
             raise DatasetError(f"{self.where(path.name)}: not valid JSON: {error}") from error
         if not isinstance(value, expected):

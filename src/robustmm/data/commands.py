@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..checks import load_json
 from .protocol import MissingProtocol
 
 ARROW_FOLDER = "arrow"
@@ -63,7 +64,7 @@ def parse_options(pairs) -> dict:
         if not separator or not key.strip():
             raise ValueError(f"--option {pair!r}: write key=value, e.g. plots=each")
         try:
-            options[key.strip()] = json.loads(value)
+            options[key.strip()] = load_json(value)
         except ValueError:
             options[key.strip()] = value
     return options

@@ -31,7 +31,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..checks import check_field_types
+from ..checks import check_field_types, load_json
 
 SPLIT_RATES = ("train", "val", "test")
 TABLE_FORMAT = 1
@@ -242,7 +242,7 @@ class MissingProtocol:
         if not path.is_file():
             return None
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
+            stored = load_json(path.read_text(encoding="utf-8"))
             selection = stored["selection"]
             known, targets = set(keys), set(self.targets(modalities))
             fits = (

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
+from ...checks import load_json
 from ..base import KINDS, DatasetError, MultimodalDataset, Record, allow_long_cells, classes_from_labels
 from ..registry import register_dataset
 
@@ -61,7 +61,7 @@ def peek_labels(path: Path) -> list:
         labels = []
         for line in handle:
             try:
-                row = json.loads(line) if line.strip() else None
+                row = load_json(line) if line.strip() else None
             except ValueError:
                 continue
             if isinstance(row, dict):
@@ -174,7 +174,7 @@ class Generic(MultimodalDataset):
         """A CSV cell holding a JSON list becomes the list; everything else is left to the base class."""
         if isinstance(label, str) and label.lstrip().startswith("["):
             try:
-                return json.loads(label)
+                return load_json(label)
             except ValueError as error:
                 raise DatasetError(f"label {label!r} starts like a JSON list but is not one: {error}") from error
         return label
