@@ -1025,8 +1025,8 @@ def _(c):
 # -- commands: example over a dataset, empty lists -----------------------------------------------------------------
 
 
-@case("example-over-existing-files", FileExistsError, r"\S+mine already holds files; choose a new folder, or pass "
-      r"--overwrite")
+@case("example-over-existing-files", FileExistsError, r"\S+mine already holds files and is not empty \(its tables "
+      r"and dataset.json would be replaced\); choose a new folder, or pass --overwrite")
 def _(c):
     root = c.generic()
     root.rename(c.tmp / "mine")
@@ -1037,20 +1037,47 @@ def _(c):
         assert (c.tmp / "mine" / "train.csv").read_text() == before
 
 
-@case("demo-methods-empty", ValueError, r"--methods '' names nothing; leave --methods out for the default")
-def _(c):
+def run_command(*argv):
     from robustmm.cli import build_parser
 
-    args = build_parser().parse_args(["demo", "--methods", ""])
+    args = build_parser().parse_args(list(argv))
     args.func(args)
+
+
+@case("demo-out-a-users-folder", FileExistsError,
+      r"\S+mine already holds files and is not an earlier demo's output; choose a new folder, or pass --overwrite")
+def _(c):
+    (c.tmp / "mine").mkdir()
+    (c.tmp / "mine" / "accuracy.png").write_bytes(b"my own figure")
+    run_command("demo", "--quick", "--out", str(c.tmp / "mine"))
+
+
+@case("report-out-a-users-folder", FileExistsError, r"\S+mine already holds files and is not an earlier report")
+def _(c):
+    (c.tmp / "mine").mkdir()
+    (c.tmp / "mine" / "report.md").write_text("my own notes")
+    run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "mine"))
+
+
+@case("report-out-inside-a-run", ValueError, r"--out \S+run/model/report is also an input of this command")
+def _(c):
+    (c.tmp / "run" / "model").mkdir(parents=True)
+    run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "run" / "model" / "report"))
+
+
+@case("report-attention-ids-empty", ValueError, r"--attention-ids ',' names nothing")
+def _(c):
+    run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "report"), "--attention-ids", ",")
+
+
+@case("demo-methods-empty", ValueError, r"--methods '' names nothing; leave --methods out for the default")
+def _(c):
+    run_command("demo", "--methods", "")
 
 
 @case("evaluate-scenarios-empty", ValueError, r"--scenarios ' ' names nothing")
 def _(c):
-    from robustmm.cli import build_parser
-
-    args = build_parser().parse_args(["evaluate", str(c.tmp), "--scenarios", " "])
-    args.func(args)
+    run_command("evaluate", str(c.tmp), "--scenarios", " ")
 
 
 @pytest.mark.parametrize("action, error, match", CASES)

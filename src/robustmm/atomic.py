@@ -73,3 +73,15 @@ def first_line(path: Path, limit: int = 1 << 16) -> str:
     """The first line of a text file, read at most `limit` bytes deep ('' when it cannot be read as UTF-8)."""
     with open(path, "rb") as handle:
         return handle.readline(limit).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+
+
+def check_output_folder(folder: str | os.PathLike, overwrite: bool, earlier_output, what: str) -> None:
+    """A folder to write into that already holds files, but not an earlier output of this kind
+    (`earlier_output(folder)`), is refused unless `overwrite`: its files may be a user's."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if overwrite or not folder.is_dir() or not any(folder.iterdir()) or earlier_output(folder):
+        return
+    raise FileExistsError(f"{folder} already holds files and is not {what}; choose a new folder, or pass "
+                          "--overwrite (overwrite=True) to write there")

@@ -175,8 +175,18 @@ def _predict(args) -> None:
 
 
 def _report(args) -> None:
+    from pathlib import Path
+
+    from .atomic import check_not_an_input, check_output_folder
+    from .evaluation import RUN_INPUTS
     from .report import main
 
+    def earlier_report(folder: Path) -> bool:
+        return (folder / "report.html").is_file() and (folder / "report.md").is_file()
+
+    comma_list(args.attention_ids, "--attention-ids")
+    check_not_an_input(args.out, [Path(run, name) for run in args.run_dirs for name in RUN_INPUTS])
+    check_output_folder(args.out, args.overwrite, earlier_report, "an earlier report")
     main(args)
 
 
@@ -203,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
     demo.add_argument("--precision", help=PRECISION_HELP)
     demo.add_argument("--out", help="write results.json, accuracy.png, the models (models/) and the report here")
+    demo.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
     demo.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="a method option (repeatable): KEY for every method that has it (fusion_norm=layernorm, rank=4, "
@@ -348,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="folder for report.html, report.md, figures/ and tables/")
     report.add_argument("--attention-ids", metavar="ID,ID", help="test samples whose attention maps to show "
                         "(default: the first three with an image)")
+    report.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
     report.set_defaults(func=_report)
 
     methods = commands.add_parser("methods", help="list the registered methods")

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, atomic_write_text
-from .checks import check_field_types
+from .atomic import atomic_write, atomic_write_text, check_output_folder
+from .checks import check_field_types, load_json
 from .children import children_end_with_us, end_with_parent
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
@@ -438,6 +438,15 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         plot_sweeps(result, out_dir / "missing-rate.png")
 
 
+def earlier_demo(folder: Path) -> bool:
+    """Whether `folder` holds what `write_outputs` writes (a results.json with scenarios and runs)."""
+    try:
+        result = load_json((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and {"scenarios", "runs"} <= set(result)
+
+
 def plot_sweeps(result: dict, path: Path) -> None:
     """Accuracy against the test missing rate of each modality, mean ± SD over seeds (paper Fig. 3)."""
     import matplotlib
@@ -483,6 +492,8 @@ def main(args) -> None:
 
         overrides["options"] = parse_options(args.option)
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.out:
+        check_output_folder(args.out, args.overwrite, earlier_demo, "an earlier demo's output")
     if args.methods == "all":
         print(f"note: --methods all trains {len(config.methods)} methods ({', '.join(config.methods)}), "
               f"{len(config.methods) / len(DemoConfig().methods):.1f}x the default demo's runs, and map and rep "

@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, check_output_folder
 
 SIZES = {"train": 120, "val": 60, "test": 60}
 NEW_ROWS = 12
@@ -58,13 +58,7 @@ def write_example(
     from .data.synthetic import SyntheticBenchmark, SyntheticConfig
 
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
-    if not overwrite and folder.is_dir() and any(folder.iterdir()):
-        raise FileExistsError(
-            f"{folder} already holds files; choose a new folder, or pass --overwrite (overwrite=True) to write the "
-            "example's tables, photos and dataset.json over those there"
-        )
+    check_output_folder(folder, overwrite, lambda _: False, "empty (its tables and dataset.json would be replaced)")
     (folder / "photos").mkdir(parents=True, exist_ok=True)
     benchmark = SyntheticBenchmark(SyntheticConfig(seed=seed), modalities=("image", "text"))
     names = list(benchmark.class_names)
