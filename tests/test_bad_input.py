@@ -740,6 +740,19 @@ def _(c):
     get_dataset("generic", root)
 
 
+@case("config-evaluation-out-of-range", ValueError, r"evaluation: rates must be missing rates in \[0, 1\]")
+def _(c):
+    from robustmm.config import load_config
+
+    load_config(None, [("dataset.name", "generic", "--dataset"), ("dataset.root", "x", "--root"),
+                       ("evaluation.rates", [0.5, float("nan")], "--set")])
+
+
+@case("predict-batch-size-not-an-integer", ValueError, r"batch_size must be at least 1, got 2.5")
+def _(c):
+    c.model.predict([c.sample()], batch_size=2.5)
+
+
 # -- saved models whose config has fields of the wrong type ------------------------------------------------------
 
 

@@ -107,14 +107,22 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
 
 
 def comma_list(text: str | None, flag: str) -> list[str] | None:
@@ -235,19 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", help="measure throughput: tiny (width 64, seconds on a CPU) or base (ViT-B/16 + BERT-base, "
         "197 image + 40 text tokens)"
     )
-    bench.add_argument("--batch-size", type=int, help="default 8, with --size 32")
+    bench.add_argument("--batch-size", type=_positive_int, help="default 8, with --size 32")
     bench.add_argument(
         "--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
         help="default auto: bf16-mixed where the device computes bf16 natively, else 32-true",
     )
     overhead = bench.add_argument_group("CMPT overhead (without --size)")
-    overhead.add_argument("--hidden-size", type=int, help="encoder width (default 128)")
-    overhead.add_argument("--num-layers", type=int, help="encoder depth (default 12)")
-    overhead.add_argument("--repeats", type=int, help="timed pairs of steps (default 30)")
+    overhead.add_argument("--hidden-size", type=_positive_int, help="encoder width (default 128)")
+    overhead.add_argument("--num-layers", type=_positive_int, help="encoder depth (default 12)")
+    overhead.add_argument("--repeats", type=_positive_int, help="timed pairs of steps (default 30)")
     throughput = bench.add_argument_group("throughput (with --size)")
     throughput.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
-    throughput.add_argument("--steps", type=int, help="timed steps (default 20)")
-    throughput.add_argument("--warmup", type=int, help="untimed steps before them (default 3)")
+    throughput.add_argument("--steps", type=_positive_int, help="timed steps (default 20)")
+    throughput.add_argument("--warmup", type=_count, help="untimed steps before them (default 3)")
     throughput.add_argument(
         "--compile", dest="torch_compile", action="store_true", default=None,
         help="torch.compile the encoders; the eager model is timed too, for the speed-up and the compile time",
@@ -308,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rates", type=_rates, help="missing rates for sweeps and the grid, e.g. 0,0.3,0.7,1")
     evaluate.add_argument("--root", help="read the data from here instead of the root the run was trained on")
     evaluate.add_argument("--split", default="test", help="the split to score (default test; e.g. test_unseen)")
-    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--batch-size", type=_positive_int)
     evaluate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     evaluate.add_argument("--out", help="also write the JSON report (with the aggregate over runs) to this file")
@@ -323,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     calibrate.add_argument("--split", default="val", help="the labelled split to fit on (default val)")
-    calibrate.add_argument("--batch-size", type=int)
+    calibrate.add_argument("--batch-size", type=_positive_int)
     calibrate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     calibrate.set_defaults(func=_calibrate)
 
@@ -340,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--calibration", metavar="FILE", help="temperatures (default: RUN_DIR/calibration.json)")
     predict.add_argument("--no-calibration", dest="calibrate", action="store_false", help="apply no temperature")
     predict.add_argument("--allow-outside", action="store_true", help="read files outside the input's folder")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=_positive_int, default=32)
     predict.add_argument(
         "--max-pixels", type=_positive_int,
         help="refuse images with more pixels than this, before decoding them (default 64 million)",

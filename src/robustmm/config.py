@@ -55,6 +55,12 @@ class EvaluationSection:
     """Missing rates for sweeps and the grid; None: 0%, 10%, ..., 100% for sweeps and 70% for the grid."""
     batch_size: int = 32
 
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.rates is not None and not all(0.0 <= rate <= 1.0 for rate in self.rates):
+            raise ValueError(f"rates must be missing rates in [0, 1], got {self.rates}")
+
 
 @dataclass
 class RunConfig:

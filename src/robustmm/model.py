@@ -417,8 +417,8 @@ class MultimodalModel(TrainingHooks, nn.Module):
         errors name a sample by its position in `samples`."""
         if isinstance(samples, Mapping) or not isinstance(samples, (list, tuple)):
             raise ValueError(f"predict takes a list of samples (dicts), got a {type(samples).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
         if not samples:
             return torch.empty(0, self.config.num_classes)
         was_training = self.training

@@ -262,6 +262,9 @@ def predict_file(
     from .registry import load_model
 
     input_path, out = Path(input_path), Path(out)
+    for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     if out.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a .csv or .jsonl file name")
     model_dir, found = resolve_model_dir(Path(model_or_run)) if isinstance(model_or_run, (str, Path)) else (None, None)
