@@ -73,7 +73,8 @@ def checked_value(value, hint, name: str):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ValueError(f"{name} must be a list, got {_describe(value)}")
         item = typing.get_args(hint)[0]
-        return [checked_value(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        checked = [checked_value(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        return tuple(checked) if origin is tuple else checked
     if origin is dict:
         if not isinstance(value, typing.Mapping):
             raise ValueError(f"{name} must be a mapping, got {_describe(value)}")
