@@ -1083,6 +1083,20 @@ def _(c):
     run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "report"), "--attention-ids", ",")
 
 
+@case("evaluate-out-a-file-of-the-run", ValueError, r"--out \S+run/config.yaml is also an input of this command")
+def _(c):
+    (c.tmp / "run").mkdir()
+    (c.tmp / "run" / "config.yaml").write_text("dataset: {name: generic, root: x}\n")
+    run_command("evaluate", str(c.tmp / "run"), "--out", str(c.tmp / "run" / "config.yaml"))
+
+
+@case("evaluate-out-a-users-file", FileExistsError, r"\S+notes.json exists and is not an evaluation report; pass "
+      r"--overwrite")
+def _(c):
+    (c.tmp / "notes.json").write_text('{"mine": true}')
+    run_command("evaluate", str(c.tmp / "run"), "--out", str(c.tmp / "notes.json"))
+
+
 @case("demo-methods-empty", ValueError, r"--methods '' names nothing; leave --methods out for the default")
 def _(c):
     run_command("demo", "--methods", "")
