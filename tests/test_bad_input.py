@@ -6,7 +6,9 @@ an error (the action then checks what was made of it). The README table lists th
 in step.
 """
 
+import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -576,6 +578,533 @@ def _(c):
     root = write_mmimdb(c.tmp / "mmimdb")
     (root / "labels" / "00000001.json").write_text("[]")
     get_dataset("mmimdb", root)
+
+
+# -- option values: types and ranges, checked where every config is built -------------------------------------
+
+
+def build(c, **options):
+    settings = {"encoders": {"image": c.encoders["image"], "text": c.encoders["text"]}, "num_classes": 3, **options}
+    return robustmm.build_model("cmpt", **settings)
+
+
+@case("option-not-an-integer", ValueError, r"adapter rank must be an integer, got 'abc' \(str\)")
+def _(c):
+    build(c, rank="abc")
+
+
+@case("option-fractional-integer", ValueError, r"adapter rank must be an integer, got 2.5 \(float\)")
+def _(c):
+    build(c, rank=2.5)
+
+
+@case("num-classes-not-an-integer", ValueError, r"num_classes must be an integer, got 2.5 \(float\)")
+def _(c):
+    build(c, num_classes=2.5)
+
+
+@case("option-not-finite", ValueError, "align_weight must be a finite number, got nan")
+def _(c):
+    build(c, align_weight=float("nan"))
+
+
+@case("option-infinite", ValueError, "module_lr_scale must be a finite number, got inf")
+def _(c):
+    build(c, module_lr_scale=float("inf"))
+
+
+@case("option-not-a-number", ValueError, r"align_weight must be a number, got '0.1' \(str\)")
+def _(c):
+    build(c, align_weight="0.1")
+
+
+@case("option-flag-not-a-bool", ValueError, r"multilabel must be true or false, got 'yes' \(str\)")
+def _(c):
+    build(c, multilabel="yes")
+
+
+@case("option-numpy-scalars", None)
+def _(c):
+    model = build(c, rank=np.int64(2), align_weight=np.float32(0.5))
+    assert type(model.config.adapter.rank) is int and type(model.config.align_weight) is float
+
+
+@case("plugin-option-wrong-type", ValueError, r"mwam_alpha must be a number, got 'x' \(str\)")
+def _(c):
+    build(c, mwam=True, mwam_alpha="x")
+
+
+@case("encoder-option-wrong-type", ValueError, r"encoder max_length must be an integer, got 'long' \(str\)")
+def _(c):
+    text = {"name_or_path": c.encoders["text"], "max_length": "long"}
+    build(c, encoders={"image": c.encoders["image"], "text": text})
+
+
+@case("class-names-repeated", ValueError, "class_names must be distinct; repeated: 'cat'")
+def _(c):
+    build(c, class_names=["cat", "cat", "dog"])
+
+
+@case("class-names-not-strings", ValueError, r"class_names\[0\] must be a string, got 0 \(int\)")
+def _(c):
+    build(c, class_names=[0, 1, 2])
+
+
+@case("train-option-out-of-range", ValueError, "batch_size must be >= 1, got 0")
+def _(c):
+    robustmm.TrainConfig(batch_size=0)
+
+
+@case("train-lr-not-finite", ValueError, "lr must be a finite number, got nan")
+def _(c):
+    robustmm.TrainConfig(lr=float("nan"))
+
+
+@case("train-seed-negative", ValueError, r"seed must be in 0..2\*\*32-1, got -1")
+def _(c):
+    robustmm.TrainConfig(seed=-1)
+
+
+@case("train-devices-not-a-count", ValueError, "devices must be a count >= 1, -1 \\(all\\), auto or indices")
+def _(c):
+    robustmm.TrainConfig(devices="abc")
+
+
+@case("train-accelerator-unknown", ValueError, "accelerator must be one of auto, gpu, cpu, cuda, mps, tpu, got 'ban")
+def _(c):
+    robustmm.TrainConfig(accelerator="banana")
+
+
+@case("config-yaml-aliases", ValueError, r"line 2: YAML aliases \(\*a\) are not supported in configs")
+def _(c):
+    from robustmm.config import load_config
+
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    (c.tmp / "bomb.yaml").write_text("\n".join(lines) + "\ndataset: {name: generic, root: x, options: {classes: *i}}\n")
+    load_config(str(c.tmp / "bomb.yaml"))
+
+
+@case("config-file-too-large", ValueError, r"bytes; a config holds at most 1048576")
+def _(c):
+    from robustmm.config import load_config
+
+    (c.tmp / "big.yaml").write_text("# " + "x" * (1 << 20) + "\ndataset: {name: generic, root: x}\n")
+    load_config(str(c.tmp / "big.yaml"))
+
+
+@case("config-value-out-of-range", ValueError, "command line: train: batch_size must be >= 1, got 0")
+def _(c):
+    from robustmm.config import load_config
+
+    load_config(None, [("dataset.name", "generic", "--dataset"), ("dataset.root", "x", "--root"),
+                       ("train.batch_size", 0, "--batch-size")])
+
+
+@case("protocol-option-wrong-type", ValueError, r"seed must be an integer, got 2.5 \(float\)")
+def _(c):
+    from robustmm.data import MissingProtocol
+
+    MissingProtocol(train_missing_rate=0.5, seed=2.5)
+
+
+@case("missing-table-cache-edited", None)
+def _(c):
+    from robustmm.data import MissingProtocol
+
+    dataset, protocol, cache = get_dataset("generic", c.generic()), MissingProtocol(train_missing_rate=0.5), c.tmp / "t"
+    expected = dataset.with_protocol(protocol).table.dropped
+    dataset.with_protocol(protocol, cache_dir=cache)
+    (table,) = cache.glob("missing-*.json")
+    stored = json.loads(table.read_text())
+    for damage in ({**stored, "selection": {"train0": "photo", "nobody": "caption"}},  # another sample, edited
+                   {**stored, "selection": dict.fromkeys(stored["selection"], "smell")}):
+        table.write_text(json.dumps(damage))
+        np.testing.assert_array_equal(dataset.with_protocol(protocol, cache_dir=cache).table.dropped, expected)
+    table.write_text("{damaged")
+    np.testing.assert_array_equal(dataset.with_protocol(protocol, cache_dir=cache).table.dropped, expected)
+
+
+@case("config-nested-too-deeply", ValueError, r"\S+deep.yaml: nested too deeply")
+def _(c):
+    from robustmm.config import load_config
+
+    (c.tmp / "deep.yaml").write_text("dataset: " + "[" * 100_000)
+    load_config(str(c.tmp / "deep.yaml"))
+
+
+@case("dataset-row-nested-too-deeply", DatasetError, r"generic train: train.jsonl line 3: not valid JSON: nested too")
+def _(c):
+    root = c.generic(fmt="jsonl")
+    edit_row(root / "train.jsonl", 3, '{"id"', '{"deep": ' + "[" * 100_000 + ', "id"')
+    get_dataset("generic", root)
+
+
+@case("config-evaluation-out-of-range", ValueError, r"evaluation: rates must be missing rates in \[0, 1\]")
+def _(c):
+    from robustmm.config import load_config
+
+    load_config(None, [("dataset.name", "generic", "--dataset"), ("dataset.root", "x", "--root"),
+                       ("evaluation.rates", [0.5, float("nan")], "--set")])
+
+
+@case("predict-batch-size-not-an-integer", ValueError, r"batch_size must be at least 1, got 2.5")
+def _(c):
+    c.model.predict([c.sample()], batch_size=2.5)
+
+
+# -- saved models whose config has fields of the wrong type ------------------------------------------------------
+
+
+@case("saved-config-method-not-a-name", ValueError,
+      r"robustmm_config.json: damaged or not written by this version of robustmm: expected a JSON object with a "
+      r"'method' name")
+def _(c):
+    directory = c.saved()
+    c.edit_config(directory, method=None)
+    robustmm.load_model(directory)
+
+
+@case("saved-config-field-of-wrong-type", ValueError,
+      r"robustmm_config.json: damaged .*: encoders must be a mapping, got 'tiny-vit' \(str\)")
+def _(c):
+    directory = c.saved()
+    c.edit_config(directory, encoders="tiny-vit")
+    robustmm.load_model(directory)
+
+
+# -- samples: keys that look like a misspelt modality -------------------------------------------------------------
+
+
+@case("sample-key-misspelt", ValueError,
+      X + r"'imgae' is not a modality of this model \(image, text, audio, video\); did you mean 'image'\?")
+def _(c):
+    c.collate(imgae=Image.new("RGB", (8, 8)))
+
+
+@case("sample-key-a-kind", ValueError, r"sample 0: 'image' is not a modality of this model \(photo, caption\); "
+      r"did you mean 'photo'\?")
+def _(c):
+    model = robustmm.build_model("cmpt", encoders={"photo": c.encoders["image"], "caption": c.encoders["text"]},
+                                 num_classes=3)
+    model.collate([{"image": Image.new("RGB", (8, 8)), "caption": "a dog"}])
+
+
+# -- media files: only regular files, of bounded size and pixels ---------------------------------------------------
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A valid PNG of a few hundred bytes that declares `width` x `height` one-bit pixels (all zero)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (1 + (width + 7) // 8) * height, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    return path
+
+
+@case("image-file-a-fifo", ValueError, X + r"cannot read image file '\S+photo.png': \S+photo.png is a named pipe "
+      r"\(FIFO\), not a regular file")
+def _(c):
+    os.mkfifo(c.tmp / "photo.png")
+    c.collate(image=c.tmp / "photo.png")
+
+
+@case("image-path-a-folder", ValueError, X + r"cannot read image file '\S+photo.png': \S+ is a folder, not a regular")
+def _(c):
+    (c.tmp / "photo.png").mkdir()
+    c.collate(image=c.tmp / "photo.png")
+
+
+@case("image-link-loop", ValueError, X + r"cannot read image file '\S+a.png': \[Errno 40\] Too many levels of symbolic")
+def _(c):
+    (c.tmp / "a.png").symlink_to(c.tmp / "b.png")
+    (c.tmp / "b.png").symlink_to(c.tmp / "a.png")
+    c.collate(image=c.tmp / "a.png")
+
+
+@case("image-file-too-large", ValueError, X + r"cannot read image file .*holds 1,073,741,825 bytes, more than the "
+      r"1,073,741,824 a media file may")
+def _(c):
+    with open(c.tmp / "photo.png", "wb") as handle:
+        handle.truncate((1 << 30) + 1)  # sparse: no disk used
+    c.collate(image=c.tmp / "photo.png")
+
+
+@case("image-too-many-pixels", ValueError,
+      X + r"cannot read image file .*12000x12000 pixels, more than max_pixels \(64,000,000\)")
+def _(c):
+    path = png_header(c.tmp / "photo.png", 12000, 12000)
+    assert path.stat().st_size < 20_000
+    c.collate(image=path)
+
+
+@case("image-max-pixels-option", None)
+def _(c):
+    path = write_image(c.tmp / "photo.png", 0, size=32)
+    small = {"name_or_path": c.encoders["image"], "max_pixels": 1000}
+    model = build(c, encoders={"image": small, "text": c.encoders["text"]})
+    with pytest.raises(ValueError, match=r"32x32 pixels, more than max_pixels \(1,000\)"):
+        model.collate([{"image": path}])
+    assert robustmm.load_model(c.saved()).collate([{"image": path}]).present["image"].all()  # the default
+
+
+@case("dataset-media-not-a-regular-file", DatasetError,
+      r"train.csv line 3 \(id 'train1'\): image file \S+train1.png is a named pipe \(FIFO\), not a regular file")
+def _(c):
+    root = c.generic()
+    (root / "media" / "photo" / "train1.png").unlink()
+    os.mkfifo(root / "media" / "photo" / "train1.png")
+    get_dataset("generic", root)
+
+
+@case("dataset-media-link-loop", DatasetError,
+      r"train.csv line 3 \(id 'train1'\): image file \S+train1.png does not exist \(a link that leads nowhere, or in")
+def _(c):
+    root = c.generic()
+    photo = root / "media" / "photo" / "train1.png"
+    photo.unlink()
+    photo.symlink_to(photo)
+    get_dataset("generic", root)
+
+
+@case("dataset-image-over-max-pixels", DatasetError,
+      r"train.csv line 2 \(id 'train0'\): cannot read image \S+train0.png: 8x8 pixels, more than max_pixels \(10\)")
+def _(c):
+    get_dataset("generic", c.generic(), max_pixels=10)[0]
+
+
+@case("dataset-audio-a-fifo", DatasetError, r"cannot read audio \S+train0.wav: \S+ is a named pipe \(FIFO\)")
+def _(c):
+    root = c.generic(modalities={"sound": "audio", "caption": "text"})
+    dataset = get_dataset("generic", root)
+    (root / "media" / "sound" / "train0.wav").unlink()
+    os.mkfifo(root / "media" / "sound" / "train0.wav")  # swapped after the check at construction
+    dataset[0]
+
+
+# -- tables: long cells, repeated classes --------------------------------------------------------------------------
+
+
+@case("dataset-text-cell-over-128k", None)
+def _(c):
+    root = c.generic()
+    edit_row(root / "train.csv", 2, "a cat, sample 0", "a cat " + "x" * 200_000)
+    assert len(get_dataset("generic", root)[0]["caption"]) > 200_000
+
+
+@case("dataset-cell-over-the-limit", DatasetError, r"generic train: train.csv line 2: field larger than field limit")
+def _(c):
+    root = c.generic()
+    edit_row(root / "train.csv", 2, "a cat, sample 0", "x" * ((1 << 24) + 1))
+    get_dataset("generic", root)
+
+
+@case("dataset-classes-repeated", DatasetError, r"generic train: \S+: the class list repeats a name")
+def _(c):
+    get_dataset("generic", c.generic(), classes=["cat", "dog", "cat"])
+
+
+# -- calibration files: temperatures checked when read ------------------------------------------------------------
+
+
+def calibration_file(c, patterns: dict) -> Path:
+    path = c.tmp / "calibration.json"
+    path.write_text(json.dumps({"patterns": {name: {"temperature": t} for name, t in patterns.items()}}))
+    return path
+
+
+@case("calibration-temperature-negative", ValueError,
+      r"calibration.json: not a calibration file .*pattern 'image\+text': temperature -1 is not a number in "
+      r"\[0.05, 20.0\]")
+def _(c):
+    from robustmm.predict import predict_file
+
+    (c.tmp / "in.csv").write_text("id,text\nr0,a dog\n")
+    calibration = calibration_file(c, {"image+text": -1, "text": 1.0})
+    predict_file(c.saved(), c.tmp / "in.csv", c.tmp / "out.csv", calibration=calibration, log=lambda m: None)
+
+
+@case("calibration-temperature-zero", ValueError, r"pattern 'text': temperature 0 is not a number in \[0.05, 20.0\]")
+def _(c):
+    from robustmm.calibration import read_temperatures
+
+    read_temperatures(calibration_file(c, {"text": 0}))
+
+
+@case("calibration-temperature-not-finite", ValueError, r"pattern 'text': temperature nan is not a number in")
+def _(c):
+    from robustmm.calibration import read_temperatures
+
+    read_temperatures(calibration_file(c, {"text": float("nan")}))
+
+
+@case("calibration-pattern-unknown", ValueError,
+      r"pattern 'image\+txt' is not an availability pattern of image, text \(those are image, image\+text, text\)")
+def _(c):
+    from robustmm.calibration import read_temperatures
+
+    read_temperatures(calibration_file(c, {"image+txt": 1.5}), ["image", "text"])
+
+
+# -- predict: outputs that are inputs, files that are not a user's, hostile rows -------------------------------
+
+
+def predict(c, rows: str, out: str = "out.csv", **options):
+    from robustmm.predict import predict_file
+
+    (c.tmp / "in.csv").write_text(rows)
+    return predict_file(c.saved(), c.tmp / "in.csv", c.tmp / out, log=lambda m: None, **options)
+
+
+@case("predict-out-is-the-input", ValueError, r"--out \S+in.csv is also an input of this command \(\S+in.csv\)")
+def _(c):
+    predict(c, "id,text\nr0,a dog\n", out="in.csv")
+
+
+@case("predict-out-a-link-to-the-input", ValueError, r"--out \S+link.csv is also an input of this command")
+def _(c):
+    (c.tmp / "link.csv").symlink_to(c.tmp / "in.csv")
+    predict(c, "id,text\nr0,a dog\n", out="link.csv")
+
+
+@case("predict-out-inside-the-model", ValueError, r"--out \S+saved/p.csv is also an input of this command \(\S+saved\)")
+def _(c):
+    predict(c, "id,text\nr0,a dog\n", out="saved/p.csv")
+
+
+@case("predict-out-a-users-file", FileExistsError,
+      r"\S+notes.csv exists and is not a predictions file; pass --overwrite \(overwrite=True\) to replace it")
+def _(c):
+    (c.tmp / "notes.csv").write_text("my,own\nnotes,here\n")
+    try:
+        predict(c, "id,text\nr0,a dog\n", out="notes.csv")
+    finally:
+        assert (c.tmp / "notes.csv").read_text() == "my,own\nnotes,here\n"
+
+
+@case("predict-out-earlier-predictions", None)
+def _(c):
+    predict(c, "id,text\nr0,a dog\n")
+    predict(c, "id,text\nr0,a cat\nr1,a dog\n")  # a predictions file is replaced without --overwrite
+    assert len((c.tmp / "out.csv").read_text().splitlines()) == 3
+    (c.tmp / "out.csv").write_text("mine\n")
+    predict(c, "id,text\nr0,a cat\n", overwrite=True)
+    assert (c.tmp / "out.csv").read_text().startswith("line,id,modalities,prediction,")
+
+
+@case("predict-column-misspelt", ValueError,
+      r"in.csv: column\(s\) 'imgae' \(did you mean 'image'\?\) are not modalities of the model \(image, text\)")
+def _(c):
+    predict(c, "id,imgae,text\nr0,photo.png,a dog\n")
+
+
+@case("predict-id-a-formula", None)
+def _(c):
+    predict(c, 'id,text\n"=HYPERLINK(""http://x"",""y"")",a dog\n-5,a cat\n@SUM(1),a cat\n')
+    ids = [row[1] for row in csv.reader(open(c.tmp / "out.csv"))][1:]
+    assert ids == ["'=HYPERLINK(\"http://x\",\"y\")", "-5", "'@SUM(1)"]
+    predict(c, "id,text\n=1+1,a dog\n", out="out.jsonl")
+    assert json.loads((c.tmp / "out.jsonl").read_text())["id"] == "=1+1"  # JSONL keeps values as they are
+
+
+@case("predict-input-a-fifo", ValueError, r"\S+rows.csv is a named pipe \(FIFO\), not a regular file")
+def _(c):
+    from robustmm.predict import predict_file
+
+    os.mkfifo(c.tmp / "rows.csv")
+    predict_file(c.saved(), c.tmp / "rows.csv", c.tmp / "out.csv", log=lambda m: None)
+
+
+@case("predict-media-a-fifo", None)
+def _(c):
+    os.mkfifo(c.tmp / "photo.png")
+    summary = predict(c, "id,image,text\nr0,photo.png,a dog\nr1,,a cat\n")
+    assert summary["bad"] == 1 and summary["predicted"] == 1
+    row = next(csv.DictReader(open(c.tmp / "out.csv")))
+    assert "is a named pipe (FIFO), not a regular file" in row["error"]
+
+
+@case("predict-text-cell-over-128k", None)
+def _(c):
+    summary = predict(c, f"id,text\nr0,{'dog ' * 50_000}\n")
+    assert summary["predicted"] == 1
+
+
+# -- commands: example over a dataset, empty lists -----------------------------------------------------------------
+
+
+@case("example-over-existing-files", FileExistsError, r"\S+mine already holds files and is not empty \(its tables "
+      r"and dataset.json would be replaced\); choose a new folder, or pass --overwrite")
+def _(c):
+    root = c.generic()
+    root.rename(c.tmp / "mine")
+    before = (c.tmp / "mine" / "train.csv").read_text()
+    try:
+        robustmm.write_example(c.tmp / "mine")
+    finally:
+        assert (c.tmp / "mine" / "train.csv").read_text() == before
+
+
+def run_command(*argv):
+    from robustmm.cli import build_parser
+
+    args = build_parser().parse_args(list(argv))
+    args.func(args)
+
+
+@case("demo-out-a-users-folder", FileExistsError,
+      r"\S+mine already holds files and is not an earlier demo's output; choose a new folder, or pass --overwrite")
+def _(c):
+    (c.tmp / "mine").mkdir()
+    (c.tmp / "mine" / "accuracy.png").write_bytes(b"my own figure")
+    run_command("demo", "--quick", "--out", str(c.tmp / "mine"))
+
+
+@case("report-out-a-users-folder", FileExistsError, r"\S+mine already holds files and is not an earlier report")
+def _(c):
+    (c.tmp / "mine").mkdir()
+    (c.tmp / "mine" / "report.md").write_text("my own notes")
+    run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "mine"))
+
+
+@case("report-out-inside-a-run", ValueError, r"--out \S+run/model/report is also an input of this command")
+def _(c):
+    (c.tmp / "run" / "model").mkdir(parents=True)
+    run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "run" / "model" / "report"))
+
+
+@case("report-attention-ids-empty", ValueError, r"--attention-ids ',' names nothing")
+def _(c):
+    run_command("report", str(c.tmp / "run"), "--out", str(c.tmp / "report"), "--attention-ids", ",")
+
+
+@case("evaluate-out-a-file-of-the-run", ValueError, r"--out \S+run/config.yaml is also an input of this command")
+def _(c):
+    (c.tmp / "run").mkdir()
+    (c.tmp / "run" / "config.yaml").write_text("dataset: {name: generic, root: x}\n")
+    run_command("evaluate", str(c.tmp / "run"), "--out", str(c.tmp / "run" / "config.yaml"))
+
+
+@case("evaluate-out-a-users-file", FileExistsError, r"\S+notes.json exists and is not an evaluation report; pass "
+      r"--overwrite")
+def _(c):
+    (c.tmp / "notes.json").write_text('{"mine": true}')
+    run_command("evaluate", str(c.tmp / "run"), "--out", str(c.tmp / "notes.json"))
+
+
+@case("demo-methods-empty", ValueError, r"--methods '' names nothing; leave --methods out for the default")
+def _(c):
+    run_command("demo", "--methods", "")
+
+
+@case("evaluate-scenarios-empty", ValueError, r"--scenarios ' ' names nothing")
+def _(c):
+    run_command("evaluate", str(c.tmp), "--scenarios", " ")
 
 
 @pytest.mark.parametrize("action, error, match", CASES)

@@ -300,3 +300,92 @@ def test_a_csv_with_a_byte_order_mark_reads_as_utf8(tmp_path):
     dataset = get_dataset("generic", root, "train")
     assert len(dataset) == SIZES["train"] and dataset[0]["id"] == "train0"
     assert dataset[0]["caption"] == "a café, sample 0 of train"
+
+
+# ----- a refused start ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "refused, message",
+    [
+        (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+        (["--devices", "abc"], "devices must be a count >= 1, -1 (all), auto or indices such as 0,1; got 'abc'"),
+        (["--seed", "-1"], "seed must be in 0..2**32-1, got -1"),
+        (["--accelerator", "banana"], "accelerator must be one of auto, gpu, cpu, cuda, mps, tpu, got 'banana'"),
+        (["--accelerator", "mps"], "the training settings are refused: "),  # refused by Lightning, on this machine
+    ],
+)
+def test_a_refused_start_leaves_nothing_that_blocks_the_corrected_command(command, tmp_path, capsys, refused, message):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(command(out, *refused))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+    if refused[0] == "--accelerator" and refused[1] == "mps":  # one corrected command suffices
+        out.mkdir()  # an empty folder given as --out, too, is left as it was
+        with pytest.raises(SystemExit):
+            main(command(out, *refused))
+        assert out.is_dir() and not list(out.iterdir())
+        main(command(out, "--epochs", "1"))
+        assert (out / "metrics.json").is_file()
+
+
+# ----- the demo's workers when the demo is stopped --------------------------------------------------------------
+
+
+def child_pids(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.add(int(entry.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_demos_workers_end_with_the_demo(tmp_path, stop):
+    """`kill` (SIGTERM) or SIGKILL of `robustmm demo` while its two workers train: within seconds no worker is
+    left, nor any of their scratch folders."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    argv = [sys.executable, "-m", "robustmm.cli", "demo", "--quick", "--methods", "baseline,dropout", "--workers",
+            "2", "--epochs", "500", "--train-size", "16", "--test-size", "8", "--batch-size", "8", "--no-progress"]
+    env = {**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"}
+    demo = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(list(scratch.glob("robustmm-demo-worker-*/robustmm-demo-*"))) < 2:  # both are training
+            assert demo.poll() is None, "the demo ended before its workers trained"
+            assert time.monotonic() < deadline, "the workers did not start training within 120 s"
+            workers |= child_pids(demo.pid)
+            time.sleep(0.2)
+        workers |= child_pids(demo.pid)
+        os.kill(demo.pid, stop)
+        demo.wait(60)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in workers if alive(pid)], "workers outlived the demo"
+        assert not list(scratch.glob("robustmm-demo-worker-*")), "a worker's scratch folder was left"
+        if stop == signal.SIGTERM:
+            assert demo.returncode == 128 + signal.SIGTERM
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)  # whatever is left of the demo's session
+        demo.wait()

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import peft
 import torch.nn as nn
 
+from .checks import check_field_types
+
 ATTENTION_PROJECTIONS = (
     r".*\.\d+\.(?:"
     r"attention\.self\.(?:query|key|value)"
@@ -40,10 +42,16 @@ class AdapterConfig:
     """VeRA only: seed of its shared frozen random projections (`projection_prng_key`)."""
 
     def __post_init__(self):
+        check_field_types(self, "adapter ")
         if self.kind not in ADAPTERS:
             raise ValueError(f"unknown adapter {self.kind!r}; choose one of {', '.join(ADAPTERS)}")
         if self.rank < 1:
             raise ValueError(f"adapter rank must be >= 1, got {self.rank}")
+        if self.alpha <= 0 or not 0 <= self.dropout < 1 or self.seed < 0:
+            raise ValueError(
+                f"adapter alpha must be > 0, its dropout in [0, 1) and its seed >= 0; got alpha {self.alpha}, "
+                f"dropout {self.dropout}, seed {self.seed}"
+            )
 
     def peft_config(self, target_modules: str | list[str]) -> peft.PeftConfig:
         if self.kind == "vera":

@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .checks import load_json
+
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
@@ -164,21 +166,48 @@ def calibrate_run(run_dir, split: str = "val", batch_size: int | None = None, pr
     return result
 
 
-def read_temperatures(path) -> dict[str, float]:
-    """Pattern name -> temperature from a calibration file; a damaged file names itself."""
+def read_temperatures(path, modalities: Sequence[str] | None = None) -> dict[str, float]:
+    """Pattern name -> temperature from a calibration file, checked (`checked_temperatures`); a damaged file
+    names itself."""
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file" if path.exists() else f"{path}: no such calibration file")
     try:
-        patterns = json.loads(path.read_text(encoding="utf-8"))["patterns"]
-        return {name: float(entry["temperature"]) for name, entry in patterns.items()}
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a calibration file written by `robustmm calibrate` ({error!r})") from error
+        return checked_temperatures(load_json(path.read_text(encoding="utf-8")), modalities)
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a calibration file written by `robustmm calibrate` ({error})") from error
 
 
-def temperatures_of(calibration) -> dict[str, float]:
-    """Pattern name -> temperature from a calibration file or a `fit_temperatures` result."""
+def checked_temperatures(calibration: dict, modalities: Sequence[str] | None = None) -> dict[str, float]:
+    """Pattern name -> temperature of a calibration, each a finite number within `TEMPERATURE_RANGE` (what
+    `fit_temperature` can give): a temperature of 0 makes NaN probabilities and a negative one reverses the
+    ranking of the classes, so a damaged or edited file would change every answer without a word. With
+    `modalities`, each pattern must be one of theirs: a misspelt pattern would silently go unapplied."""
+    patterns = calibration["patterns"]
+    if not isinstance(patterns, dict):
+        raise ValueError(f"patterns must be a mapping, got {type(patterns).__name__}")
+    known = None if modalities is None else {pattern_name(p, modalities) for p in availability_patterns(modalities)}
+    low, high = TEMPERATURE_RANGE
+    temperatures = {}
+    for name, entry in patterns.items():
+        value = entry["temperature"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"pattern {name!r}: temperature {value!r} is not a number in [{low}, {high}]")
+        if known is not None and name not in known:
+            raise ValueError(f"pattern {name!r} is not an availability pattern of {', '.join(modalities)} "
+                             f"(those are {', '.join(sorted(known))})")
+        temperatures[name] = float(value)
+    return temperatures
+
+
+def temperatures_of(calibration, modalities: Sequence[str] | None = None) -> dict[str, float]:
+    """Pattern name -> temperature from a calibration file or a `fit_temperatures` result, checked."""
     if isinstance(calibration, dict):
-        return {name: float(entry["temperature"]) for name, entry in calibration["patterns"].items()}
-    return read_temperatures(calibration)
+        try:
+            return checked_temperatures(calibration, modalities)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not a calibration (a `fit_temperatures` result): {error!r}") from error
+    return read_temperatures(calibration, modalities)
 
 
 def format_calibration(result: dict) -> str:

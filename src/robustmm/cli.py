@@ -107,14 +107,46 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def comma_list(text: str | None, flag: str) -> list[str] | None:
+    """The names of a comma-separated option, None when it is not given; given but empty is an error, not the
+    default (`--methods ""` from an unset shell variable would otherwise run the default quietly)."""
+    if text is None:
+        return None
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise ValueError(f"{flag} {text!r} names nothing; leave {flag} out for the default")
+    return names
+
+
 def _evaluate(args) -> None:
     import json
     from pathlib import Path
 
-    from .evaluation import evaluate_runs, format_table, log_to_stderr
-    from .atomic import atomic_write_text
+    from .atomic import atomic_write_text, check_not_an_input, check_replaceable
+    from .evaluation import RUN_INPUTS, evaluate_runs, format_table, is_evaluation_report, log_to_stderr
 
-    scenarios = [s for s in args.scenarios.split(",") if s.strip()] if args.scenarios else None
+    scenarios = comma_list(args.scenarios, "--scenarios")
+    if args.out:
+        check_not_an_input(args.out, [Path(run, name) for run in args.run_dirs for name in RUN_INPUTS])
+        check_replaceable(args.out, args.overwrite, is_evaluation_report, "an evaluation report")
     report = evaluate_runs(
         args.run_dirs, scenarios, args.rates, args.root, args.batch_size, args.split, log=log_to_stderr,
         precision=args.precision,
@@ -138,10 +170,12 @@ def _calibrate(args) -> None:
 
 def _predict(args) -> None:
     from .predict import predict_file
+    from .processing import MAX_PIXELS
 
     summary = predict_file(
         args.model, args.input, args.out, calibration=args.calibration, calibrate=args.calibrate,
         allow_outside=args.allow_outside, batch_size=args.batch_size, precision=args.precision,
+        max_pixels=args.max_pixels or MAX_PIXELS, overwrite=args.overwrite,
         log=lambda message: print(message, file=sys.stderr),
     )
     if summary["bad"]:
@@ -149,8 +183,18 @@ def _predict(args) -> None:
 
 
 def _report(args) -> None:
+    from pathlib import Path
+
+    from .atomic import check_not_an_input, check_output_folder
+    from .evaluation import RUN_INPUTS
     from .report import main
 
+    def earlier_report(folder: Path) -> bool:
+        return (folder / "report.html").is_file() and (folder / "report.md").is_file()
+
+    comma_list(args.attention_ids, "--attention-ids")
+    check_not_an_input(args.out, [Path(run, name) for run in args.run_dirs for name in RUN_INPUTS])
+    check_output_folder(args.out, args.overwrite, earlier_report, "an earlier report")
     main(args)
 
 
@@ -177,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
     demo.add_argument("--precision", help=PRECISION_HELP)
     demo.add_argument("--out", help="write results.json, accuracy.png, the models (models/) and the report here")
+    demo.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
     demo.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
         help="a method option (repeatable): KEY for every method that has it (fusion_norm=layernorm, rank=4, "
@@ -198,19 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", help="measure throughput: tiny (width 64, seconds on a CPU) or base (ViT-B/16 + BERT-base, "
         "197 image + 40 text tokens)"
     )
-    bench.add_argument("--batch-size", type=int, help="default 8, with --size 32")
+    bench.add_argument("--batch-size", type=_positive_int, help="default 8, with --size 32")
     bench.add_argument(
         "--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
         help="default auto: bf16-mixed where the device computes bf16 natively, else 32-true",
     )
     overhead = bench.add_argument_group("CMPT overhead (without --size)")
-    overhead.add_argument("--hidden-size", type=int, help="encoder width (default 128)")
-    overhead.add_argument("--num-layers", type=int, help="encoder depth (default 12)")
-    overhead.add_argument("--repeats", type=int, help="timed pairs of steps (default 30)")
+    overhead.add_argument("--hidden-size", type=_positive_int, help="encoder width (default 128)")
+    overhead.add_argument("--num-layers", type=_positive_int, help="encoder depth (default 12)")
+    overhead.add_argument("--repeats", type=_positive_int, help="timed pairs of steps (default 30)")
     throughput = bench.add_argument_group("throughput (with --size)")
     throughput.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto: cuda when available")
-    throughput.add_argument("--steps", type=int, help="timed steps (default 20)")
-    throughput.add_argument("--warmup", type=int, help="untimed steps before them (default 3)")
+    throughput.add_argument("--steps", type=_positive_int, help="timed steps (default 20)")
+    throughput.add_argument("--warmup", type=_count, help="untimed steps before them (default 3)")
     throughput.add_argument(
         "--compile", dest="torch_compile", action="store_true", default=None,
         help="torch.compile the encoders; the eager model is timed too, for the speed-up and the compile time",
@@ -271,10 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--rates", type=_rates, help="missing rates for sweeps and the grid, e.g. 0,0.3,0.7,1")
     evaluate.add_argument("--root", help="read the data from here instead of the root the run was trained on")
     evaluate.add_argument("--split", default="test", help="the split to score (default test; e.g. test_unseen)")
-    evaluate.add_argument("--batch-size", type=int)
+    evaluate.add_argument("--batch-size", type=_positive_int)
     evaluate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     evaluate.add_argument("--out", help="also write the JSON report (with the aggregate over runs) to this file")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an evaluation")
     evaluate.set_defaults(func=_evaluate)
 
     calibrate = commands.add_parser(
@@ -285,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     calibrate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     calibrate.add_argument("--split", default="val", help="the labelled split to fit on (default val)")
-    calibrate.add_argument("--batch-size", type=int)
+    calibrate.add_argument("--batch-size", type=_positive_int)
     calibrate.add_argument("--precision", default="auto", help=PRECISION_HELP)
     calibrate.set_defaults(func=_calibrate)
 
@@ -302,7 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--calibration", metavar="FILE", help="temperatures (default: RUN_DIR/calibration.json)")
     predict.add_argument("--no-calibration", dest="calibrate", action="store_false", help="apply no temperature")
     predict.add_argument("--allow-outside", action="store_true", help="read files outside the input's folder")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=_positive_int, default=32)
+    predict.add_argument(
+        "--max-pixels", type=_positive_int,
+        help="refuse images with more pixels than this, before decoding them (default 64 million)",
+    )
+    predict.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a predictions file")
     predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
     predict.set_defaults(func=_predict)
 
@@ -316,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="folder for report.html, report.md, figures/ and tables/")
     report.add_argument("--attention-ids", metavar="ID,ID", help="test samples whose attention maps to show "
                         "(default: the first three with an image)")
+    report.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
     report.set_defaults(func=_report)
 
     methods = commands.add_parser("methods", help="list the registered methods")

@@ -55,6 +55,12 @@ class EvaluationSection:
     """Missing rates for sweeps and the grid; None: 0%, 10%, ..., 100% for sweeps and 70% for the grid."""
     batch_size: int = 32
 
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.rates is not None and not all(0.0 <= rate <= 1.0 for rate in self.rates):
+            raise ValueError(f"rates must be missing rates in [0, 1], got {self.rates}")
+
 
 @dataclass
 class RunConfig:
@@ -82,6 +88,33 @@ FLAG_HINTS = {"dataset.name": "--dataset", "dataset.root": "--root"}
 """Where a required value can be given on the command line."""
 
 
+CONFIG_MAX_BYTES = 1 << 20
+"""A config file larger than this (1 MiB) is refused: real ones take a few hundred bytes."""
+
+
+class _AliasFreeLoader(yaml.SafeLoader):
+    """YAML without aliases (`*name`): a few hundred bytes of nested aliases expand to billions of values (the
+    "billion laughs"), which hang whatever walks the config. Configs have no use for them; anchors alone are
+    harmless and allowed."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) are not supported in configs; "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str):
+    """`yaml.safe_load` without aliases; nesting too deep for the parser is a ConfigError too."""
+    try:
+        return yaml.load(text, Loader=_AliasFreeLoader)
+    except RecursionError:
+        raise ConfigError("nested too deeply") from None
+
+
 # ----- shipped configs -----------------------------------------------------------------------------------------
 
 
@@ -94,7 +127,12 @@ def config_source(name_or_path: str) -> tuple[str, str]:
     """(text, where) of a config given as a file path or as the name of a shipped config."""
     path = Path(name_or_path)
     if path.is_file():
-        return path.read_text(), str(path)
+        if path.stat().st_size > CONFIG_MAX_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes; a config holds at most {CONFIG_MAX_BYTES}")
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
     shipped = resources.files("robustmm").joinpath("configs", f"{name_or_path.removesuffix('.yaml')}.yaml")
     if shipped.is_file():
         return shipped.read_text(), f"shipped config {name_or_path}"
@@ -112,8 +150,8 @@ def parse_assignment(text: str, flag: str = "--set") -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"{flag} expects {'key.path' if flag == '--set' else 'key'}=value, got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError as error:
+        return key.strip(), load_yaml(value) if value.strip() else ""
+    except (yaml.YAMLError, ConfigError) as error:
         raise ConfigError(f"{flag} {text}: the value is not valid YAML: {error}") from error
 
 
@@ -250,9 +288,11 @@ def load_config(source: str | None = None, overrides: list[tuple[str, Any, str]]
     if source is not None:
         text, where = config_source(source)
         try:
-            raw = yaml.safe_load(text) or {}
+            raw = load_yaml(text) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{where}: not valid YAML: {error}") from error
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
     for key, value, origin in overrides:

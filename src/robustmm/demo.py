@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import atomic_write, atomic_write_text
+from .atomic import atomic_write, atomic_write_text, check_output_folder
+from .checks import check_field_types, load_json
+from .children import children_end_with_us, end_with_parent
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
 from .registry import METHODS, build_model, get_method
@@ -55,6 +57,17 @@ class DemoConfig:
     options: dict = field(default_factory=dict)
     """Method options: `key` goes to every method that has it (e.g. fusion_norm, rank, mwam: what is compared
     must differ in the method only), `method.key` to that method alone (e.g. cmpt.align_weight)."""
+
+    def __post_init__(self):
+        check_field_types(self)
+        for name in ("modalities", "methods", "seeds"):
+            if not getattr(self, name):
+                raise ValueError(f"demo {name} must not be empty")
+        for name in ("train_size", "val_size", "test_size", "epochs", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"demo {name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"demo lr must be > 0, got {self.lr}")
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -177,11 +190,19 @@ def train_and_score(
 _WORKER: dict = {}
 
 
-def _start_worker(config: DemoConfig, steps, save_to: Path | None) -> None:
+def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: int) -> None:
     """Each worker process imports the libraries and renders the data itself, side by side with the others,
-    instead of waiting for the main process to do both and send the data over."""
+    instead of waiting for the main process to do both and send the data over. Its temporary files go into a
+    scratch folder of its own, removed when it is stopped or its parent dies (`end_with_parent`)."""
+    import shutil
+    from multiprocessing.util import Finalize
+
     from .console import quiet_libraries
 
+    scratch = tempfile.mkdtemp(prefix="robustmm-demo-worker-")
+    tempfile.tempdir = scratch
+    remove = Finalize(None, shutil.rmtree, (scratch,), {"ignore_errors": True}, exitpriority=0)  # at a normal exit
+    end_with_parent(parent_pid, cleanup=remove)
     quiet_libraries()
     _WORKER.update(config=config, data=make_data(config), steps=steps, save_to=save_to)
 
@@ -238,14 +259,16 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         quiet_libraries()
         data = make_data(config)
         check_methods(config, data)
-        for method, seed in jobs:
-            finished(train_and_score(config, data, method, seed, bar.update, save_to=models))
+        with children_end_with_us():  # SIGTERM ends the run like CTRL-C, which removes its scratch folder
+            for method, seed in jobs:
+                finished(train_and_score(config, data, method, seed, bar.update, save_to=models))
     else:
         context = get_context("spawn")
         steps = context.Queue()
         listener = threading.Thread(target=_drain, args=(steps, bar), daemon=True)
         listener.start()
-        with ProcessPoolExecutor(workers, context, _start_worker, (config, steps, models)) as pool:
+        start_args = (config, steps, models, os.getpid())
+        with ProcessPoolExecutor(workers, context, _start_worker, start_args) as pool, children_end_with_us():
             pool.submit(_check_in_worker).result()
             runs_started = [pool.submit(_run_in_worker, *job, n) for job, n in zip(jobs, threads)]
             for future in as_completed(runs_started):
@@ -415,6 +438,15 @@ def write_outputs(result: dict, out_dir: Path) -> None:
         plot_sweeps(result, out_dir / "missing-rate.png")
 
 
+def earlier_demo(folder: Path) -> bool:
+    """Whether `folder` holds what `write_outputs` writes (a results.json with scenarios and runs)."""
+    try:
+        result = load_json((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and {"scenarios", "runs"} <= set(result)
+
+
 def plot_sweeps(result: dict, path: Path) -> None:
     """Accuracy against the test missing rate of each modality, mean ± SD over seeds (paper Fig. 3)."""
     import matplotlib
@@ -442,11 +474,14 @@ def plot_sweeps(result: dict, path: Path) -> None:
 
 
 def main(args) -> None:
+    from .cli import comma_list
+
     overrides = {}
-    if args.modalities:
-        overrides["modalities"] = args.modalities.split(",")
-    if args.methods:
-        overrides["methods"] = METHODS.names() if args.methods == "all" else args.methods.split(",")
+    if args.modalities is not None:
+        overrides["modalities"] = comma_list(args.modalities, "--modalities")
+    if args.methods is not None:
+        methods = comma_list(args.methods, "--methods")
+        overrides["methods"] = METHODS.names() if methods == ["all"] else methods
     if args.seeds is not None:
         overrides["seeds"] = list(range(args.seeds))
     for name in ("epochs", "train_size", "test_size", "batch_size", "lr", "workers", "precision"):
@@ -457,6 +492,8 @@ def main(args) -> None:
 
         overrides["options"] = parse_options(args.option)
     config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.out:
+        check_output_folder(args.out, args.overwrite, earlier_demo, "an earlier demo's output")
     if args.methods == "all":
         print(f"note: --methods all trains {len(config.methods)} methods ({', '.join(config.methods)}), "
               f"{len(config.methods) / len(DemoConfig().methods):.1f}x the default demo's runs, and map and rep "

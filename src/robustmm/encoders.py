@@ -15,6 +15,7 @@ sample. The attention mask is extended for every inserted token at the layer it 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModel
 
 from .adapters import AdapterConfig, attach_adapter
-from .processing import KINDS, PROCESSORS
+from .checks import check_field_types
+from .processing import KINDS, MAX_PIXELS, PROCESSORS
 
 KIND_BY_MODEL_TYPE = {
     **dict.fromkeys(
@@ -59,12 +61,20 @@ class EncoderConfig:
     """Video: frames encoded per clip; their CLS and proxy outputs are averaged (paper: 3)."""
     target_modules: str | list[str] | None = None
     """Adapter targets; None means the query, key, value and attention-output projections of every layer."""
+    max_pixels: int = MAX_PIXELS
+    """Image and video: image files with more pixels than this are refused before they are decoded (64 M)."""
     dropout: bool = False
     """Keep the pretrained model's own dropout (BERT: 0.1) active in training. Off by default, a choice the paper
     leaves open: the encoder is frozen, so its dropout would only add noise to the features that the adapters
     and the head learn from; the adapters keep their own dropout (paper: 0.1) either way."""
 
     def __post_init__(self):
+        if isinstance(self.name_or_path, os.PathLike):
+            self.name_or_path = os.fspath(self.name_or_path)
+        check_field_types(self, "encoder ")
+        if self.num_frames < 1 or self.max_pixels < 1 or (self.max_length is not None and self.max_length < 1):
+            raise ValueError(f"encoder num_frames, max_pixels and max_length must be >= 1, got {self.num_frames}, "
+                             f"{self.max_pixels}, {self.max_length}")
         # A local folder is recorded absolutely, so a saved model loads from any working directory.
         if Path(self.name_or_path).exists():
             self.name_or_path = str(Path(self.name_or_path).resolve())
@@ -102,7 +112,8 @@ class EncoderConfig:
         return KIND_BY_MODEL_TYPE[model_type]
 
     def processor(self, kind: str):
-        options = {"text": {"max_length": self.max_length}, "video": {"num_frames": self.num_frames}}
+        options = {"text": {"max_length": self.max_length}, "image": {"max_pixels": self.max_pixels},
+                   "video": {"num_frames": self.num_frames, "max_pixels": self.max_pixels}}
         return PROCESSORS[kind](self.name_or_path, **options.get(kind, {}))
 
 

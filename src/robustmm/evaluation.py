@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .checks import load_json
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, config_differences, read_run_config
 from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
@@ -249,6 +250,22 @@ def evaluate_runs(
     if len(runs) > 1:
         report["aggregate"] = aggregate(runs)
     return report
+
+
+RUN_INPUTS = ("config.yaml", "protocol.json", "metrics.json", "calibration.json", "model", "missing_tables",
+              "checkpoints")
+"""What `robustmm evaluate` and the commands after it read of a run directory: never an output path."""
+
+
+def is_evaluation_report(path: Path) -> bool:
+    """Whether `path` holds a report that `robustmm evaluate --out` writes (a JSON object with its runs)."""
+    if path.stat().st_size > 64 << 20:
+        return False
+    try:
+        report = load_json(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return isinstance(report, dict) and isinstance(report.get("runs"), list)
 
 
 def format_table(report: dict) -> str:

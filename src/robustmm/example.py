@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, check_output_folder
 
 SIZES = {"train": 120, "val": 60, "test": 60}
 NEW_ROWS = 12
@@ -50,11 +50,15 @@ def link_encoders(folder: Path) -> None:
             shutil.copytree(paths[kind], target)
 
 
-def write_example(folder, sizes: dict[str, int] | None = None, new_rows: int = NEW_ROWS, seed: int = 0) -> Path:
-    """Write the example dataset into `folder` (created; files already there are replaced) and return it."""
+def write_example(
+    folder, sizes: dict[str, int] | None = None, new_rows: int = NEW_ROWS, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write the example dataset into `folder` and return it. A folder that already holds files (a dataset of
+    one's own: its tables and `dataset.json` would be replaced) is refused unless `overwrite`."""
     from .data.synthetic import SyntheticBenchmark, SyntheticConfig
 
     folder = Path(folder)
+    check_output_folder(folder, overwrite, lambda _: False, "empty (its tables and dataset.json would be replaced)")
     (folder / "photos").mkdir(parents=True, exist_ok=True)
     benchmark = SyntheticBenchmark(SyntheticConfig(seed=seed), modalities=("image", "text"))
     names = list(benchmark.class_names)
@@ -84,7 +88,7 @@ def write_example(folder, sizes: dict[str, int] | None = None, new_rows: int = N
 
 
 def main(args) -> None:
-    folder = write_example(args.folder)
+    folder = write_example(args.folder, overwrite=args.overwrite)
     counts = ", ".join(f"{split} {size}" for split, size in SIZES.items())
     print(f"wrote {folder}: {{train,val,test}}.csv ({counts} rows; some photo and caption cells empty), photos/, "
           f"new.csv ({NEW_ROWS} unlabelled rows), dataset.json and encoders/")

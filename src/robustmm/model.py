@@ -29,6 +29,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .adapters import AdapterConfig
 from .atomic import atomic_write, atomic_write_text
+from .checks import check_field_types
 from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
 from .registry import PLUGINS
@@ -75,6 +76,7 @@ class ModelConfig:
     `mwam=True` and `mwam_<option>=value`."""
 
     def __post_init__(self):
+        check_field_types(self)
         self.encoders = {
             m: e if isinstance(e, EncoderConfig) else EncoderConfig(**e) if isinstance(e, dict) else EncoderConfig(e)
             for m, e in self.encoders.items()
@@ -88,6 +90,11 @@ class ModelConfig:
             raise ValueError(f"num_classes={self.num_classes}: this task needs at least {fewest} classes")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names given for {self.num_classes} classes")
+        repeated = sorted({name for name in self.class_names or () if self.class_names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"class_names must be distinct; repeated: {', '.join(map(repr, repeated))}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.modality_dropout not in MODALITY_DROPOUT:
             raise ValueError(f"modality_dropout must be one of {MODALITY_DROPOUT}, got {self.modality_dropout!r}")
         if self.fusion_norm not in FUSION_NORMS:
@@ -410,8 +417,8 @@ class MultimodalModel(TrainingHooks, nn.Module):
         errors name a sample by its position in `samples`."""
         if isinstance(samples, Mapping) or not isinstance(samples, (list, tuple)):
             raise ValueError(f"predict takes a list of samples (dicts), got a {type(samples).__name__}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
         if not samples:
             return torch.empty(0, self.config.num_classes)
         was_training = self.training

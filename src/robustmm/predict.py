@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, check_not_an_input, check_replaceable, first_line
 from .calibration import CALIBRATION_FILE, pattern_name, probabilities, temperatures_of
+from .checks import load_json
+from .processing import MAX_PIXELS, lookalike
 
 INPUT_SUFFIXES = (".csv", ".jsonl")
 
@@ -39,22 +41,32 @@ class Row:
 
 def read_rows(path: Path) -> list[tuple[str, dict]]:
     """(origin, cells) per row of a CSV file with a header or a JSONL file of objects, in UTF-8."""
+    from .data.base import allow_long_cells
+    from .processing import not_a_regular_file
+
     if path.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"{path}: expected a .csv or .jsonl file")
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    kind = not_a_regular_file(path.stat().st_mode)
+    if kind:
+        raise ValueError(f"{path} is {kind}, not a regular file")
     rows = []
+    allow_long_cells()
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
             if path.suffix == ".csv":
                 reader = csv.DictReader(handle)
-                for cells in reader:
-                    rows.append((f"{path.name} line {reader.line_num}", cells))
+                try:
+                    for cells in reader:
+                        rows.append((f"{path.name} line {reader.line_num}", cells))
+                except csv.Error as error:  # e.g. a cell over MAX_CELL_CHARS: the rest cannot be parsed
+                    raise ValueError(f"{path} line {reader.line_num + 1}: {error}") from None
                 return rows
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        cells = json.loads(line)
+                        cells = load_json(line)
                     except ValueError as error:
                         cells = {None: f"not valid JSON: {error}"}
                     rows.append((f"{path.name} line {number}", cells if isinstance(cells, dict) else {
@@ -67,8 +79,9 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
 class RowReader:
     """Turns the cells of a row into a sample for a model whose modalities have the given kinds."""
 
-    def __init__(self, kinds: dict[str, str], folder: Path, allow_outside: bool = False):
+    def __init__(self, kinds: dict[str, str], folder: Path, allow_outside: bool = False, max_pixels: int = MAX_PIXELS):
         self.kinds, self.folder, self.allow_outside = kinds, folder.resolve(), allow_outside
+        self.max_pixels = max_pixels
 
     def __call__(self, origin: str, cells: dict, number: int) -> Row:
         identifier = cells.get("id")
@@ -103,13 +116,12 @@ class RowReader:
             return None
         return self.load(kind, path, value)
 
-    @staticmethod
-    def load(kind: str, path: Path, shown: str):
+    def load(self, kind: str, path: Path, shown: str):
         from .data.base import READ_ERRORS, frame_files, load_audio, load_image
 
         try:
             if kind == "image":
-                return load_image(path)
+                return load_image(path, self.max_pixels)
             if kind == "audio":
                 return load_audio(path)
             return [str(frame) for frame in frame_files(path)]  # the model reads only the frames it takes
@@ -175,24 +187,41 @@ def describe(model, row: Row, logits, temperatures: dict[str, float]) -> dict:
     return record
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What makes a spreadsheet read a CSV cell as a formula (`=HYPERLINK(...)` runs when the file is opened)."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` for a CSV cell: one that a spreadsheet would run as a formula gets a leading `'`, which
+    spreadsheets show as text (OWASP's advice for CSV injection); numbers such as -1.5 stay as they are."""
+    if not text.startswith(FORMULA_STARTS):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return "'" + text
+
+
 def write_predictions(records: list[dict], path: Path, class_names: list[str]) -> None:
-    """JSONL (one object a row) or CSV (one column per class probability), written atomically."""
+    """JSONL (one object a row, values as they are) or CSV (one column per class probability; text cells made
+    `spreadsheet_safe`), written atomically."""
     if path.suffix == ".jsonl":
         atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
         return
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["line", "id", "modalities", "prediction", *[f"p_{name}" for name in class_names],
-                     "temperature", "notes", "error"])
+    writer.writerow(map(spreadsheet_safe, ["line", "id", "modalities", "prediction",
+                                           *[f"p_{name}" for name in class_names], "temperature", "notes", "error"]))
     for record in records:
         prediction = record.get("prediction", "")
         probs = record.get("probabilities", {})
-        writer.writerow([
+        writer.writerow(map(spreadsheet_safe, [
             record["line"], record["id"], record["modalities"],
             "|".join(prediction) if isinstance(prediction, list) else prediction,
             *[f"{probs[name]:.6f}" if name in probs else "" for name in class_names],
-            record.get("temperature", ""), "; ".join(record.get("notes", [])), record.get("error", ""),
-        ])  # fmt: skip
+            str(record.get("temperature", "")), "; ".join(record.get("notes", [])), record.get("error", ""),
+        ]))  # fmt: skip
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -206,38 +235,63 @@ def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
     return path, None
 
 
+def is_predictions_file(path: Path) -> bool:
+    """Whether `path` looks like what `write_predictions` writes (its CSV header, or a JSONL record of its keys)."""
+    line = first_line(path)
+    if path.suffix == ".csv":
+        return line.startswith("line,id,modalities,prediction,")
+    try:
+        record = load_json(line) if line else {}
+    except ValueError:
+        return False
+    return isinstance(record, dict) and {"line", "id", "modalities"} <= set(record)
+
+
 def predict_file(
     model_or_run, input_path: str | Path, out: str | Path, *, calibration=None, calibrate: bool = True,
-    allow_outside: bool = False, batch_size: int = 32, precision: str = "auto", log=print,
+    allow_outside: bool = False, batch_size: int = 32, precision: str = "auto", max_pixels: int = MAX_PIXELS,
+    overwrite: bool = False, log=print,
 ) -> dict:
     """Predict every row of `input_path` into `out` (.jsonl or .csv); returns counts and timing.
 
     `model_or_run`: a run directory, a saved model folder or a model. `calibration`: a file written by
     `robustmm calibrate` or the `fit_temperatures` result; by default a run directory's own file is used, and
-    `calibrate=False` applies none."""
+    `calibrate=False` applies none. `out` may not be one of the files read, and an existing file there is
+    replaced only if it holds earlier predictions, or with `overwrite`."""
     from .precision import resolve_precision
     from .registry import load_model
 
     input_path, out = Path(input_path), Path(out)
+    for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     if out.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a .csv or .jsonl file name")
-    if isinstance(model_or_run, (str, Path)):
-        model_dir, found = resolve_model_dir(Path(model_or_run))
+    model_dir, found = resolve_model_dir(Path(model_or_run)) if isinstance(model_or_run, (str, Path)) else (None, None)
+    calibration = calibration if calibration is not None else found
+    reads = [input_path, model_dir, calibration if isinstance(calibration, (str, Path)) else None]
+    check_not_an_input(out, reads)
+    check_replaceable(out, overwrite, is_predictions_file, "a predictions file")
+    if model_dir is not None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = load_model(model_dir).to(device)
     else:
-        model, found = model_or_run, None
-    calibration = calibration if calibration is not None else found
-    temperatures = temperatures_of(calibration) if calibrate and calibration is not None else {}
+        model = model_or_run
+    temperatures = temperatures_of(calibration, model.modalities) if calibrate and calibration is not None else {}
     precision = resolve_precision(precision, announce=False)
     kinds = modality_kinds(model)
     cells = read_rows(input_path)
     named = {key for _, row in cells for key in row if key is not None}
+    misspelt = {key: lookalike(key, kinds) for key in named if key not in kinds and lookalike(key, kinds)}
+    if misspelt:
+        listed = ", ".join(f"{key!r} (did you mean {meant!r}?)" for key, meant in sorted(misspelt.items()))
+        raise ValueError(f"{input_path}: column(s) {listed} are not modalities of the model ({', '.join(kinds)}); "
+                         "rename them, or their cells would be taken as missing")
     if cells and not named & set(kinds):
         raise ValueError(f"{input_path}: no column named after the model's modalities ({', '.join(kinds)}); "
                          f"the file has {', '.join(sorted(map(str, named)))}")
     start = time.perf_counter()
-    reader = RowReader(kinds, input_path.parent, allow_outside)
+    reader = RowReader(kinds, input_path.parent, allow_outside, max_pixels)
     rows = [reader(origin, row, number) for number, (origin, row) in enumerate(cells)]
     records = predict_rows(model, rows, temperatures, batch_size, precision)
     seconds = time.perf_counter() - start

@@ -8,7 +8,12 @@ missing modality use `Collator.placeholder(modality)`, one processed placeholder
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
+import os
+import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +30,65 @@ FBANK_WINDOW_SECONDS, FBANK_HOP_SECONDS = 0.025, 0.010
 """Window and hop of the Kaldi-style fbank that AST's feature extractor computes (400 and 160 samples at 16 kHz)."""
 
 
+MAX_MEDIA_BYTES = 1 << 30
+"""A media file (image, sound, frame) larger than this (1 GiB) is refused rather than read."""
+MAX_PIXELS = 64_000_000
+"""Default `max_pixels`: images with more pixels are refused before they are decoded. A few hundred bytes of PNG
+can declare 12000 x 12000 pixels, which take seconds of decoding per image; Pillow's own bomb check starts at
+89 M. 64 M pixels keeps every camera photo (8000 x 8000); raise it per encoder (`EncoderConfig.max_pixels`), per
+dataset (the reader option `max_pixels`) or for `robustmm predict --max-pixels`."""
+FILE_TYPES = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def not_a_regular_file(mode: int) -> str | None:
+    """What a file of this `st_mode` is, if it is not a regular file (which only media are read from)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in FILE_TYPES if test(mode)), "not a regular file")
+
+
+@contextlib.contextmanager
+def media_file(path):
+    """`path` opened for reading as bytes, if it is a regular file (through links) of at most `MAX_MEDIA_BYTES`.
+    It is opened without blocking and then checked, so that a named pipe or a device is refused instead of
+    waiting forever for data, and a file swapped after a check cannot slip through."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(descriptor)
+        kind = not_a_regular_file(info.st_mode)
+        if kind:
+            raise ValueError(f"{os.fspath(path)} is {kind}, not a regular file")
+        if info.st_size > MAX_MEDIA_BYTES:
+            raise ValueError(f"{os.fspath(path)} holds {info.st_size:,} bytes, more than the {MAX_MEDIA_BYTES:,} a "
+                             "media file may")
+        handle = os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with handle:
+        yield handle
+
+
+def read_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file (a path to a regular file, `media_file`) or image bytes as 8-bit RGB. Its size is read from
+    the header first: more than `max_pixels` pixels is an error, before anything is decoded."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, (bytes, bytearray)):
+            handle = io.BytesIO(source)
+        else:
+            handle = stack.enter_context(media_file(source))
+        with warnings.catch_warnings():  # Pillow's warning of a large image: max_pixels decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = stack.enter_context(Image.open(handle))
+        if image.width * image.height > max_pixels:
+            raise ValueError(
+                f"{image.width}x{image.height} pixels, more than max_pixels ({max_pixels:,}); resize the image, or "
+                "raise max_pixels if it is meant to be this large"
+            )
+        return to_rgb(image)
+
+
 def _sample_name(index: int, sample) -> str:
     named = isinstance(sample, Mapping) and "id" in sample
     return f"sample {index}" + (f" (id {sample['id']!r})" if named else "")
@@ -39,11 +103,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _as_image(value, where: str) -> Image.Image:
+def _as_image(value, where: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(value, (str, Path)):
         try:
-            with Image.open(value) as opened:
-                image = to_rgb(opened)
+            image = read_image(value, max_pixels)
         except IMAGE_FILE_ERRORS as error:
             raise ValueError(f"{where}: cannot read image file {str(value)!r}: {error}") from error
     elif isinstance(value, Image.Image):
@@ -128,16 +191,17 @@ class ImageProcessor:
 
     kind = "image"
 
-    def __init__(self, name_or_path: str):
+    def __init__(self, name_or_path: str, max_pixels: int = MAX_PIXELS):
         from transformers import AutoImageProcessor
 
         self.processor = AutoImageProcessor.from_pretrained(name_or_path)
+        self.max_pixels = max_pixels
 
     def placeholder(self) -> Image.Image:
         return Image.new("RGB", (224, 224))
 
     def __call__(self, values: list, where: list[str]) -> dict[str, torch.Tensor]:
-        images = [_as_image(value, name) for value, name in zip(values, where)]
+        images = [_as_image(value, name, self.max_pixels) for value, name in zip(values, where)]
         return {"pixel_values": self.processor(images=images, return_tensors="pt")["pixel_values"]}
 
 
@@ -217,8 +281,8 @@ class VideoProcessor:
 
     kind = "video"
 
-    def __init__(self, name_or_path: str, num_frames: int = 3):
-        self.images = ImageProcessor(name_or_path)
+    def __init__(self, name_or_path: str, num_frames: int = 3, max_pixels: int = MAX_PIXELS):
+        self.images = ImageProcessor(name_or_path, max_pixels)
         self.num_frames = num_frames
 
     def placeholder(self) -> list[Image.Image]:
@@ -290,6 +354,26 @@ def encode_labels(labels: list, num_classes: int, multilabel: bool, where: list[
     return torch.tensor([class_index(label, num_classes, name) for label, name in zip(labels, where)], dtype=torch.long)
 
 
+SAMPLE_KEYS = ("id", "label")
+"""Keys of a sample besides its modalities."""
+
+
+def lookalike(name, kinds: dict[str, str]) -> str | None:
+    """The modality (of `kinds`: modality -> kind) that a key which is not one looks meant for: a close spelling
+    (`phtoo`, `Photo`, `imgae`) or the kind of exactly one modality (`image` for `photo`); else None. Other keys
+    pass: samples and tables may carry columns of their own."""
+    if not isinstance(name, str) or name in kinds or name in SAMPLE_KEYS:
+        return None
+    import difflib
+
+    lowered = {m.lower(): m for m in kinds}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.8)
+    if close:
+        return lowered[close[0]]
+    of_kind = [m for m, kind in kinds.items() if kind == name.lower()]
+    return of_kind[0] if len(of_kind) == 1 else None
+
+
 class Collator:
     """Turns a list of samples into a `Batch`. Picklable, holds no weights: use it as a DataLoader `collate_fn`."""
 
@@ -318,9 +402,17 @@ class Collator:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
         where = [_sample_name(first_index + i, s) for i, s in enumerate(samples)]
+        kinds = {m: processor.kind for m, processor in self.processors.items()}
         for name, sample in zip(where, samples):
             if not isinstance(sample, Mapping):
                 raise ValueError(f"{name}: a sample is a dict of modality values, got a {type(sample).__name__}")
+            for key in sample:
+                meant = lookalike(key, kinds)
+                if meant is not None:
+                    raise ValueError(
+                        f"{name}: {key!r} is not a modality of this model ({', '.join(kinds)}); did you mean "
+                        f"{meant!r}? (keys other than the modalities, id and label are ignored)"
+                    )
         present = {m: torch.tensor([s.get(m) is not None for s in samples]) for m in self.processors}
         available = torch.stack(list(present.values())).any(0)
         if not available.all():

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-import json
 import os
 from pathlib import Path
+
+from .checks import load_json
 
 
 class Registry:
@@ -135,15 +136,15 @@ def load_model(directory: str | os.PathLike):
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory} holds {CONFIG_FILE} but no {WEIGHTS_FILE}; was saving interrupted?")
     try:
-        options = json.loads(config_path.read_text(encoding="utf-8"))
-        if not isinstance(options, dict) or "method" not in options:
-            raise ValueError("expected a JSON object with a 'method'")
+        options = load_json(config_path.read_text(encoding="utf-8"))
+        if not isinstance(options, dict) or not isinstance(options.get("method"), str):
+            raise ValueError("expected a JSON object with a 'method' name")
         version = options.pop("format_version", 1)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ValueError(f"format version {version!r} is newer than this robustmm reads ({FORMAT_VERSION})")
         cls = get_method(options.pop("method"))
         config = cls.config_class(**options)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError, KeyError) as error:  # a field of the wrong type or shape
         raise ValueError(f"{config_path}: damaged or not written by this version of robustmm: {error}") from error
     try:
         state = cls.upgrade_state_dict(load_file(weights_path), version)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -248,9 +249,29 @@ def train_run(config: RunConfig, log=print) -> Path:
     if writer and check_run_dir(run_dir, config):
         log(f"{run_dir} is complete; its metrics are in {run_dir / 'metrics.json'}")
         return run_dir
+    fresh = not (run_dir / RUN_CONFIG).is_file()
+    created = not run_dir.exists()
     with run_lock(run_dir) if writer else contextlib.nullcontext():
-        _train_and_score(config, splits, run_dir, writer, log)
+        try:
+            _train_and_score(config, splits, run_dir, writer, log)
+        except BaseException:
+            if writer and fresh:
+                remove_unstarted_run(run_dir, created)
+            raise
     return run_dir
+
+
+def remove_unstarted_run(run_dir: Path, created: bool) -> None:
+    """After a new run failed before its first checkpoint (a setting refused by Lightning, an interrupt), remove
+    what it wrote: a `config.yaml` left behind would make the corrected command a run "of another config".
+    Once a checkpoint exists the run is kept, to be resumed."""
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return
+    for path in [run_dir] if created else list(run_dir.iterdir()):  # the lock's file too: nothing is left
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: bool, log) -> None:

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .metrics import compute_metrics, default_metrics
 from .atomic import atomic_write, atomic_write_text
+from .checks import check_field_types
 from .model import MultimodalModel
 from .precision import resolve_precision
 
@@ -71,8 +72,22 @@ class TrainConfig:
     """Validation metrics (see `robustmm.metrics`); the first selects the checkpoint. None: the task's default."""
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        check_field_types(self)
+        at_least = {"epochs": 1, "batch_size": 1, "num_workers": 0, "num_nodes": 1, "accumulate_grad_batches": 1,
+                    "log_every_n_steps": 1, "weight_decay": 0, "poly_power": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("lr", "adam_eps", "warmup_factor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be in 0..2**32-1, got {self.seed}")
+        self.devices = checked_devices(self.devices)
+        for name, known in (("accelerator", known_accelerators), ("strategy", known_strategies)):
+            names = known()
+            if getattr(self, name) not in names:
+                raise ValueError(f"{name} must be one of {', '.join(names)}, got {getattr(self, name)!r}")
         if self.warmup_method not in WARMUP_METHODS:
             raise ValueError(f"warmup_method must be one of {', '.join(WARMUP_METHODS)}, got {self.warmup_method!r}")
         if self.warmup_epochs < 0:
@@ -85,6 +100,32 @@ class TrainConfig:
                 file=sys.stderr,
             )
             self.warmup_epochs = shortened
+
+
+def known_accelerators() -> list[str]:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    return ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+
+
+def known_strategies() -> list[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+def checked_devices(devices: int | str) -> int | str:
+    """Lightning's `devices`: a count (-1: all), `auto`, or device indices such as "0,1" (a count given as text,
+    "2", becomes 2). Anything else would reach Lightning, which answers with a TypeError from deep inside."""
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and (devices >= 1 or devices == -1):
+        return devices
+    if isinstance(devices, str):
+        parts = [part.strip() for part in devices.split(",")]
+        if devices.strip() == "auto" or (any(parts) and all(part.isdigit() for part in parts if part)):
+            return devices.strip()
+    raise ValueError(f"devices must be a count >= 1, -1 (all), auto or indices such as 0,1; got {devices!r}")
 
 
 def poly_schedule(total_steps: int, warmup_steps: int, warmup_factor: float, power: float, warmup_method="linear"):
@@ -330,7 +371,7 @@ def train(
         callbacks.append(checkpoint)
         # One version folder per attempt: a resumed run adds logs/version_1 and keeps what the first attempt wrote.
         loggers = [CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")]
-    trainer = L.Trainer(
+    trainer = lightning_trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
@@ -376,6 +417,17 @@ def train(
         text = json.dumps(asdict(config), indent=2)
         atomic_write_text(out_dir / "train_config.json", text)
     return model
+
+
+def lightning_trainer(**settings) -> L.Trainer:
+    """`L.Trainer(**settings)`; a setting that Lightning refuses (an accelerator this machine lacks, a strategy
+    that does not fit the devices) is a ValueError that says it is a setting, not a traceback from inside."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**settings)
+    except (MisconfigurationException, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"the training settings are refused: {error}") from error
 
 
 def autocast(precision: str, device: torch.device):

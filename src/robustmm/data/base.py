@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
-import json
 import re
 import struct
 from collections import Counter
@@ -32,7 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..processing import IMAGE_FILE_ERRORS, to_rgb
+from ..checks import load_json
+from ..processing import IMAGE_FILE_ERRORS, MAX_PIXELS, media_file, not_a_regular_file, read_image
 from .protocol import MissingProtocol, MissingTable
 
 KINDS = ("text", "image", "audio", "video")
@@ -43,6 +42,8 @@ SAMPLE_RATE = 16_000
 FILE_KINDS = ("image", "audio", "video")
 READ_ERRORS = (*IMAGE_FILE_ERRORS, struct.error)
 """What reading a damaged file raises: Pillow's errors, and SciPy's `struct.error` for a truncated wav header."""
+MAX_CELL_CHARS = 1 << 24
+"""The longest CSV cell read (16 M characters): Python's csv module stops at 128 K, shorter than a long text."""
 MAX_INDEXED_CLASSES = 100_000
 """More classes than this, inferred from index labels, means a column of ids or numbers, not of classes."""
 
@@ -66,6 +67,12 @@ class Record:
     sources: dict[str, Any]
     origin: str
     group: str | None = None
+
+
+def allow_long_cells() -> None:
+    """Let the csv module read cells of up to `MAX_CELL_CHARS` (a process-wide setting, only ever raised)."""
+    if csv.field_size_limit() < MAX_CELL_CHARS:
+        csv.field_size_limit(MAX_CELL_CHARS)
 
 
 def natural_key(name: str) -> list:
@@ -118,10 +125,9 @@ def classes_from_labels(labels: Iterable) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def load_image(reference) -> Image.Image:
-    source = io.BytesIO(reference) if isinstance(reference, (bytes, bytearray)) else reference
-    with Image.open(source) as image:
-        return to_rgb(image)
+def load_image(reference, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file or image bytes as RGB (`robustmm.processing.read_image`: regular files only, `max_pixels`)."""
+    return read_image(reference, max_pixels)
 
 
 def load_audio(reference) -> np.ndarray:
@@ -129,14 +135,15 @@ def load_audio(reference) -> np.ndarray:
     if isinstance(reference, np.ndarray):
         return reference.astype(np.float32)
     path = Path(reference)
-    if path.suffix == ".npy":
-        return np.load(path).astype(np.float32)
-    if path.suffix != ".wav":
+    if path.suffix not in (".npy", ".wav"):
         raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav or a precomputed fbank .npy")
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
-    rate, samples = wavfile.read(path)
+    with media_file(path) as handle:
+        if path.suffix == ".npy":
+            return np.load(handle).astype(np.float32)
+        rate, samples = wavfile.read(handle)
     if np.issubdtype(samples.dtype, np.integer):
         samples = samples / float(np.iinfo(samples.dtype).max)
     samples = np.asarray(samples, np.float32)
@@ -171,8 +178,9 @@ class MultimodalDataset(Dataset):
     """Base of every reader; subclasses set the class attributes and implement `read_records`.
 
     Options common to all readers: `on_error` ("raise" or "skip" rows with problems), `num_frames` (video frames
-    per sample; None for all) and `verify` (decode every file at construction, so that corrupt files are found
-    before training rather than in the middle of it; slow on large datasets).
+    per sample; None for all), `verify` (decode every file at construction, so that corrupt files are found
+    before training rather than in the middle of it; slow on large datasets) and `max_pixels` (images with more
+    pixels are refused before decoding; `robustmm.processing.MAX_PIXELS`).
     """
 
     name: ClassVar[str] = ""
@@ -195,6 +203,7 @@ class MultimodalDataset(Dataset):
         on_error: str = "raise",
         num_frames: int | None = 3,
         verify: bool = False,
+        max_pixels: int = MAX_PIXELS,
     ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -203,6 +212,9 @@ class MultimodalDataset(Dataset):
         self.on_error = on_error
         self.num_frames = num_frames
         self.verify = verify
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+            raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+        self.max_pixels = max_pixels
         self.skipped: list[tuple[str, str]] = []
         self.notes: list[str] = []
         """Known properties of the data worth reporting (e.g. genres outside the class list)."""
@@ -238,24 +250,29 @@ class MultimodalDataset(Dataset):
         """(origin, row) for each row of a CSV file with a header or of a JSONL file; unparsable lines are
         rejected (see `reject`). The file is UTF-8, with or without a byte order mark (as Excel saves it); any other
         encoding is an error that names the first line that is not UTF-8."""
+        allow_long_cells()
         try:
             with open(path, newline="", encoding="utf-8-sig") as handle:
                 if path.suffix == ".csv":
                     reader = csv.DictReader(handle)
-                    for row in reader:
-                        origin = f"{path.name} line {reader.line_num}"
-                        if None in row or None in row.values():
-                            given = sum(v is not None for k, v in row.items() if k is not None)
-                            fields = given + len(row.get(None, ()))
-                            self.reject(origin, f"has {fields} fields, the header has {len(reader.fieldnames)}")
-                            continue
-                        yield origin, row
+                    try:
+                        for row in reader:
+                            origin = f"{path.name} line {reader.line_num}"
+                            if None in row or None in row.values():
+                                given = sum(v is not None for k, v in row.items() if k is not None)
+                                fields = given + len(row.get(None, ()))
+                                self.reject(origin, f"has {fields} fields, the header has {len(reader.fieldnames)}")
+                                continue
+                            yield origin, row
+                    except csv.Error as error:  # e.g. a cell over MAX_CELL_CHARS: the rest cannot be parsed
+                        line = reader.line_num + 1  # the record that failed starts after the last one read
+                        raise DatasetError(f"{self.where(f'{path.name} line {line}')}: {error}") from None
                     return
                 for number, line in enumerate(handle, 1):
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = load_json(line)
                     except ValueError as error:
                         self.reject(f"{path.name} line {number}", f"not valid JSON: {error}")
                         continue
@@ -299,7 +316,7 @@ class MultimodalDataset(Dataset):
     def read_json(self, path: Path, expected: type = dict):
         """A JSON file of the layout, which must hold an object (or `expected`); anything else names the file."""
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
+            value = load_json(path.read_text(encoding="utf-8"))
         except ValueError as error:
             raise DatasetError(f"{self.where(path.name)}: not valid JSON: {error}") from error
         if not isinstance(value, expected):
@@ -338,8 +355,14 @@ class MultimodalDataset(Dataset):
                 reference = None
             if kind in FILE_KINDS and isinstance(reference, (str, Path)):
                 reference = Path(reference)
-                if not (reference.is_dir() if kind == "video" else reference.is_file()):
-                    raise DatasetError(f"{kind} file {reference} does not exist")
+                if not reference.exists():
+                    broken = " (a link that leads nowhere, or in a loop)" if reference.is_symlink() else ""
+                    raise DatasetError(f"{kind} file {reference} does not exist{broken}")
+                found = not_a_regular_file(reference.stat().st_mode)
+                if kind == "video" and found != "a folder":
+                    raise DatasetError(f"video {reference} is not a folder of frames")
+                if kind != "video" and found:
+                    raise DatasetError(f"{kind} file {reference} is {found}, not a regular file")
             sources[modality] = reference
         if all(reference is None for reference in sources.values()):
             raise DatasetError(f"has no modality: expected at least one of {', '.join(self.modalities)}")
@@ -393,17 +416,20 @@ class MultimodalDataset(Dataset):
         return sample
 
     def _read(self, record: Record, modality: str, kind: str, reference):
-        readers = {"text": str, "image": load_image, "audio": load_audio, "video": self._load_video}
+        readers = {"text": str, "image": self._load_image, "audio": load_audio, "video": self._load_video}
         try:
             return readers[kind](self.resolve(modality, reference))
         except READ_ERRORS as error:
             shown = reference if isinstance(reference, (str, Path)) else f"{modality} of row {record.origin}"
             raise DatasetError(f"{self.where(record.origin, record.id)}: cannot read {kind} {shown}: {error}") from error
 
+    def _load_image(self, reference) -> Image.Image:
+        return load_image(reference, self.max_pixels)
+
     def _load_video(self, reference) -> list[Image.Image]:
         frames = frame_files(reference)
         picks = pick_frames(len(frames), self.num_frames, randomly=self.split == "train")
-        return [load_image(frames[i]) for i in picks]
+        return [load_image(frames[i], self.max_pixels) for i in picks]
 
     # -- views -------------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..checks import load_json
 from .protocol import MissingProtocol
 
 ARROW_FOLDER = "arrow"
@@ -63,7 +64,7 @@ def parse_options(pairs) -> dict:
         if not separator or not key.strip():
             raise ValueError(f"--option {pair!r}: write key=value, e.g. plots=each")
         try:
-            options[key.strip()] = json.loads(value)
+            options[key.strip()] = load_json(value)
         except ValueError:
             options[key.strip()] = value
     return options
@@ -106,7 +107,8 @@ def add_data_parser(commands) -> argparse.ArgumentParser:
     example_parser = actions.add_parser(
         "example", help="write a small image+text dataset with empty cells, for the README's walk-through"
     )
-    example_parser.add_argument("folder", help="where to write it (created)")
+    example_parser.add_argument("folder", help="where to write it (created; refused if it holds files)")
+    example_parser.add_argument("--overwrite", action="store_true", help="write into a folder that holds files")
     example_parser.set_defaults(func=example)
     return data
 

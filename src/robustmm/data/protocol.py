@@ -31,6 +31,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..checks import check_field_types, load_json
+
 SPLIT_RATES = ("train", "val", "test")
 TABLE_FORMAT = 1
 """Part of every cache key: bump it when the selection algorithm changes, so old tables are never reused."""
@@ -87,6 +89,7 @@ class MissingProtocol:
     seed: int = 0
 
     def __post_init__(self):
+        check_field_types(self)
         for name in ("train_missing_rate", "val_missing_rate", "test_missing_rate", "both_ratio"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
@@ -221,16 +224,36 @@ class MissingProtocol:
             "ids_digest": _digest(keys),
         }
         path = Path(cache_dir) / f"missing-{_digest(meta)[:20]}.json"
-        if path.is_file():
-            stored = json.loads(path.read_text())
-            if stored.get("meta") == meta:
-                return stored["selection"]
+        stored = self._stored_selection(path, meta, split, keys, modalities)
+        if stored is not None:
+            return stored
         selection = self._selection(split, keys, modalities)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".tmp{os.getpid()}")
         temporary.write_text(json.dumps({"meta": meta, "selection": selection}))
         os.replace(temporary, path)
         return selection
+
+
+    def _stored_selection(self, path: Path, meta: dict, split, keys, modalities) -> dict[str, str] | None:
+        """The cached selection at `path` if it is whole and fits (its meta, as many keys as the rate takes, each a
+        key of the split losing one of the protocol's targets); else None, and it is computed again: a damaged or
+        edited cache file must not change which samples lose what."""
+        if not path.is_file():
+            return None
+        try:
+            stored = load_json(path.read_text(encoding="utf-8"))
+            selection = stored["selection"]
+            known, targets = set(keys), set(self.targets(modalities))
+            fits = (
+                stored.get("meta") == meta
+                and isinstance(selection, dict)
+                and len(selection) == math.floor(self.missing_rate(split) * len(keys) + 1e-9)
+                and all(key in known and value in targets for key, value in selection.items())
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return selection if fits else None
 
 
 @dataclass(frozen=True, eq=False)

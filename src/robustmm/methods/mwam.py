@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..checks import check_field_types
 from ..model import Features, Plugin
 from ..registry import PLUGINS
 
@@ -68,6 +69,7 @@ class MWAMConfig:
     scale_steps: int = 50
 
     def __post_init__(self):
+        check_field_types(self, "mwam_")
         if self.mode not in MODES:
             raise ValueError(f"mwam mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.scale not in SCALES:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 
-from ..base import FRAME_SUFFIXES, DatasetError, existing, split_off_validation
+from ..base import FRAME_SUFFIXES, DatasetError, allow_long_cells, existing, split_off_validation
 from ..image_text import ImageTextDataset, Item
 from ..registry import register_dataset
 
@@ -69,6 +69,7 @@ class Food101(ImageTextDataset):
         if not path.is_file():
             raise FileNotFoundError(f"{self.where(str(self.root))}: no texts/{path.name} (layout: {self.layout})")
         rows = []
+        allow_long_cells()
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
             try:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from ..base import KINDS, DatasetError, MultimodalDataset, Record, classes_from_labels
+from ...checks import load_json
+from ..base import KINDS, DatasetError, MultimodalDataset, Record, allow_long_cells, classes_from_labels
 from ..registry import register_dataset
 
 MANIFEST = "dataset.json"
@@ -51,13 +51,17 @@ def split_table(root: Path, split: str) -> Path | None:
 
 def peek_labels(path: Path) -> list:
     """The label cells of a split file, leaving malformed rows to the reader of that split to report."""
+    allow_long_cells()
     with open(path, newline="", encoding="utf-8-sig") as handle:
         if path.suffix == ".csv":
-            return [row.get("label") for row in csv.DictReader(handle)]
+            try:
+                return [row.get("label") for row in csv.DictReader(handle)]
+            except csv.Error:
+                return []  # the reader of that split reports the row
         labels = []
         for line in handle:
             try:
-                row = json.loads(line) if line.strip() else None
+                row = load_json(line) if line.strip() else None
             except ValueError:
                 continue
             if isinstance(row, dict):
@@ -170,7 +174,7 @@ class Generic(MultimodalDataset):
         """A CSV cell holding a JSON list becomes the list; everything else is left to the base class."""
         if isinstance(label, str) and label.lstrip().startswith("["):
             try:
-                return json.loads(label)
+                return load_json(label)
             except ValueError as error:
                 raise DatasetError(f"label {label!r} starts like a JSON list but is not one: {error}") from error
         return label

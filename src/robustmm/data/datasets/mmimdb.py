@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import pyarrow as pa
 
+from ...checks import load_json
 from ..base import DatasetError, Record, existing
 from ..image_text import ImageTextDataset, Item
 from ..registry import register_dataset
@@ -76,7 +76,7 @@ class MMIMDb(ImageTextDataset):
             movie, origin = str(movie), f"split.json {key}[{position}]"
             label_file = label_dir / f"{movie}.json"
             try:
-                meta = json.loads(label_file.read_text())
+                meta = load_json(label_file.read_text())
             except (OSError, ValueError) as error:
                 self.reject(origin, f"cannot read {label_file}: {error}", movie)
                 continue
