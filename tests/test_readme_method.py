@@ -8,7 +8,7 @@ import torch
 
 import robustmm
 from robustmm.registry import METHODS
-from test_contract import every_pattern
+from robustmm.contract import every_pattern
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write, atomic_write_text
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
-from .registry import METHODS, build_model, get_method
+from .registry import METHODS, build_model, get_method, outside_modules
 
 
 @dataclass
@@ -177,11 +177,14 @@ def train_and_score(
 _WORKER: dict = {}
 
 
-def _start_worker(config: DemoConfig, steps, save_to: Path | None) -> None:
+def _start_worker(config: DemoConfig, steps, save_to: Path | None, modules: list[str]) -> None:
     """Each worker process imports the libraries and renders the data itself, side by side with the others,
-    instead of waiting for the main process to do both and send the data over."""
+    instead of waiting for the main process to do both and send the data over. A spawned process starts with
+    the package's own methods only: it imports the modules of the parent's outside ones (`outside_modules`)."""
     from .console import quiet_libraries
+    from .registry import import_modules
 
+    import_modules(modules)
     quiet_libraries()
     _WORKER.update(config=config, data=make_data(config), steps=steps, save_to=save_to)
 
@@ -245,7 +248,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         steps = context.Queue()
         listener = threading.Thread(target=_drain, args=(steps, bar), daemon=True)
         listener.start()
-        with ProcessPoolExecutor(workers, context, _start_worker, (config, steps, models)) as pool:
+        with ProcessPoolExecutor(workers, context, _start_worker, (config, steps, models, outside_modules())) as pool:
             pool.submit(_check_in_worker).result()
             runs_started = [pool.submit(_run_in_worker, *job, n) for job, n in zip(jobs, threads)]
             for future in as_completed(runs_started):
