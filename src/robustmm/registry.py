@@ -35,8 +35,11 @@ class UnknownNameError(ValueError):
     """A name that no registry entry, built-in or outside, has; the message says how to make it known."""
 
     def __init__(self, kind: str, name: str, available: list[str]):
-        self.kind, self.name = kind, name
+        self.kind, self.name, self.available = kind, name, available
         super().__init__(f"unknown {kind} {name!r}; available: {', '.join(available)}; {how_to_make_known(kind)}")
+
+    def __reduce__(self):  # raised in a worker process, it is pickled back to the parent
+        return type(self), (self.kind, self.name, self.available)
 
 
 def how_to_make_known(kind: str, modules: list[str] | None = None) -> str:

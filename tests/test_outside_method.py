@@ -1,0 +1,127 @@
+"""A method written outside the package (`examples/late_token`), installed with its entry point, goes through
+`train`, `evaluate`, `report`, `predict`, `check-method` and the demo, each in a process of its own; without the
+entry point, a fresh process is told how to make it known, and `--import` / `imports=[...]` make it so."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from layouts import train_command, write_generic, write_image
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "late_token"
+
+
+def robustmm(*argv, path: list[Path], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m robustmm.cli ARGV` in a new process with `path` in front of PYTHONPATH."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([*map(str, path), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "robustmm.cli", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The example installed (pip, no dependencies, no build isolation: offline and fast) into a folder of its own,
+    which the processes put on their path: an install like any other, without touching the test environment."""
+    root = tmp_path_factory.mktemp("late_token")
+    source = shutil.copytree(EXAMPLE, root / "source")  # the build writes beside the sources
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                           "--target", str(root / "site"), str(source)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "site"
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory):
+    """The example's module alone on a path, with no package metadata: known only when imported by name."""
+    folder = tmp_path_factory.mktemp("bare")
+    shutil.copy(EXAMPLE / "late_token.py", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(installed, tiny_encoders, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    data = write_generic(root / "data", {"image": "image", "text": "text"}, ("cat", "dog", "bird"),
+                         {"train": 12, "val": 6, "test": 6}, missing={"text": 3})
+    run_dir = root / "run"
+    done = robustmm(*train_command(data, tiny_encoders, epochs=1)(run_dir, "--method", "late_token"), path=[installed])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def test_an_installed_method_is_listed_trained_and_recorded(installed, run):
+    listed = robustmm("methods", path=[installed])
+    assert listed.returncode == 0 and "late_token" in listed.stdout and "[outside: late_token:LateToken]" in listed.stdout
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["sources"] == {"late_token": "late_token:LateToken"}
+    saved = json.loads((run / "model" / "robustmm_config.json").read_text())
+    assert saved["method"] == "late_token" and saved["sources"] == {"late_token": "late_token:LateToken"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "late_token" and 0 <= metrics["test"]["metrics"]["accuracy"] <= 1
+
+
+def test_evaluate_report_and_predict_read_the_run_in_new_processes(installed, run, tmp_path):
+    done = robustmm("evaluate", run, "--scenarios", "complete,missing", path=[installed])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {row["name"] for row in json.loads((run / "evaluation.json").read_text())["scenarios"]} == {
+        "complete", "image missing", "text missing"}
+    done = robustmm("report", run, "--out", tmp_path / "report", path=[installed])
+    assert done.returncode == 0, done.stderr[-3000:]
+    scenarios = json.loads((tmp_path / "report" / "tables" / "scenarios.json").read_text())
+    assert [row["scenario"] for row in scenarios] == ["complete", "image missing", "text missing"]
+    assert all("late_token" in row for row in scenarios) and (tmp_path / "report" / "report.html").is_file()
+    write_image(tmp_path / "in" / "a.png", 0)
+    requests = tmp_path / "in" / "new.csv"
+    with open(requests, "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "image", "text"], ["r0", "a.png", "a cat"], ["r1", "", "a dog"]])
+    done = robustmm("predict", run, "--input", requests, "--out", tmp_path / "out.jsonl", path=[installed])
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["r0", "r1"] and all(r["prediction"] in ("cat", "dog", "bird")
+                                                              for r in records)
+
+
+def test_without_the_entry_point_a_new_process_says_how_to_make_it_known(bare, run):
+    done = robustmm("evaluate", run, path=[bare])
+    assert done.returncode == 2
+    assert "'late_token' is not known in this process, which it records as late_token:LateToken" in done.stderr
+    assert "--import late_token" in done.stderr and "entry point (group robustmm.methods)" in done.stderr
+    assert "damaged" not in done.stderr
+    assert robustmm("evaluate", run, "--import", "late_token", path=[bare]).returncode == 0
+    script = textwrap.dedent(f"""
+        import robustmm
+        try:
+            robustmm.load_model({str(run / "model")!r})
+        except ValueError as error:
+            print("refused:", error)
+        model = robustmm.load_model({str(run / "model")!r}, imports=["late_token"])
+        print("loaded", type(model).__name__, model.method)
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(bare), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "refused:" in done.stdout and "imports=[...]" in done.stdout and "damaged" not in done.stdout
+    assert done.stdout.strip().endswith("loaded LateToken late_token")
+
+
+def test_the_demo_trains_an_imported_method_in_its_spawned_workers(bare, tmp_path):
+    """Two workers, spawned: each imports the module the command line named before it builds the method."""
+    done = robustmm("demo", "--quick", "--methods", "late_token,baseline", "--workers", "2", "--epochs", "1",
+                    "--train-size", "32", "--test-size", "40", "--batch-size", "16", "--no-progress",
+                    "--import", "late_token", path=[bare])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "late_token (seed 0): complete" in done.stdout and "baseline (seed 0): complete" in done.stdout
+
+
+def test_its_author_runs_the_contract_on_it(installed):
+    done = robustmm("check-method", "late_token:LateToken", path=[installed])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "all 6 checks passed" in done.stdout and "late_token:LateToken" in done.stdout
