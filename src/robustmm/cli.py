@@ -345,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="folder for report.html, report.md, figures/ and tables/")
     report.add_argument("--attention-ids", metavar="ID,ID", help="test samples whose attention maps to show "
                         "(default: the first three with an image)")
+    report.add_argument("--gain", metavar="METHOD,REFERENCE", help="the per-class gain of METHOD over REFERENCE "
+                        "(default: cmpt,baseline where both ran, else the last method over the first)")
+    report.add_argument("--focus", metavar="METHOD", help="the method whose t-SNE and attention are shown "
+                        "(default: cmpt where it ran, else the first)")
     report.set_defaults(func=_report)
 
     check = commands.add_parser(
