@@ -59,7 +59,7 @@ def run(installed, tiny_encoders, tmp_path_factory):
 
 def test_an_installed_method_is_listed_trained_and_recorded(installed, run):
     listed = robustmm("methods", path=[installed])
-    assert listed.returncode == 0 and "late_token" in listed.stdout and "[outside: late_token:LateToken]" in listed.stdout
+    assert listed.returncode == 0 and "[outside: late_token:LateToken]" in listed.stdout
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["sources"] == {"late_token": "late_token:LateToken"}
     saved = json.loads((run / "model" / "robustmm_config.json").read_text())
