@@ -47,19 +47,32 @@ def bare(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(installed, tiny_encoders, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    data = write_generic(root / "data", {"image": "image", "text": "text"}, ("cat", "dog", "bird"),
+def command(tiny_encoders, tmp_path_factory):
+    """`robustmm train` of late_token on a tiny image+text dataset, into the run directory given."""
+    data = write_generic(tmp_path_factory.mktemp("data"), {"image": "image", "text": "text"}, ("cat", "dog", "bird"),
                          {"train": 12, "val": 6, "test": 6}, missing={"text": 3})
-    run_dir = root / "run"
-    done = robustmm(*train_command(data, tiny_encoders, epochs=1)(run_dir, "--method", "late_token"), path=[installed])
+    return lambda run_dir, *extra: train_command(data, tiny_encoders, epochs=1)(run_dir, "--method", "late_token",
+                                                                                   *extra)
+
+
+@pytest.fixture(scope="module")
+def run(installed, command, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    done = robustmm(*command(run_dir), path=[installed])
     assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
 
-def test_an_installed_method_is_listed_trained_and_recorded(installed, run):
+def test_an_installed_method_is_listed_without_importing_it(installed):
     listed = robustmm("methods", path=[installed])
     assert listed.returncode == 0 and "[outside: late_token:LateToken]" in listed.stdout
+    script = "import sys, robustmm; print('late_token' in robustmm.list_methods(), 'late_token' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.stdout.split() == ["True", "False"], done.stderr[-3000:]
+
+
+def test_an_installed_method_trains_and_its_run_records_where_it_lives(run):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["sources"] == {"late_token": "late_token:LateToken"}
     saved = json.loads((run / "model" / "robustmm_config.json").read_text())
@@ -68,11 +81,13 @@ def test_an_installed_method_is_listed_trained_and_recorded(installed, run):
     assert metrics["method"] == "late_token" and 0 <= metrics["test"]["metrics"]["accuracy"] <= 1
 
 
-def test_evaluate_report_and_predict_read_the_run_in_new_processes(installed, run, tmp_path):
+def test_evaluate_calibrate_report_and_predict_read_the_run_in_new_processes(installed, run, tmp_path):
     done = robustmm("evaluate", run, "--scenarios", "complete,missing", path=[installed])
     assert done.returncode == 0, done.stderr[-3000:]
     assert {row["name"] for row in json.loads((run / "evaluation.json").read_text())["scenarios"]} == {
         "complete", "image missing", "text missing"}
+    done = robustmm("calibrate", run, path=[installed])
+    assert done.returncode == 0 and (run / "calibration.json").is_file(), done.stderr[-3000:]
     done = robustmm("report", run, "--out", tmp_path / "report", path=[installed])
     assert done.returncode == 0, done.stderr[-3000:]
     scenarios = json.loads((tmp_path / "report" / "tables" / "scenarios.json").read_text())
@@ -89,13 +104,22 @@ def test_evaluate_report_and_predict_read_the_run_in_new_processes(installed, ru
                                                               for r in records)
 
 
-def test_without_the_entry_point_a_new_process_says_how_to_make_it_known(bare, run):
+def test_an_imported_method_trains_and_a_run_naming_it_does_not_import_it(bare, command, tmp_path):
+    """`train --import` records the module in the run's config; `evaluate` on the run does not import it on the
+    file's say, but names what to pass."""
+    run = tmp_path / "run"
+    done = robustmm(*command(run, "--import", "late_token"), path=[bare])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["imports"] == ["late_token"]
     done = robustmm("evaluate", run, path=[bare])
     assert done.returncode == 2
     assert "'late_token' is not known in this process, which it records as late_token:LateToken" in done.stderr
     assert "--import late_token" in done.stderr and "entry point (group robustmm.methods)" in done.stderr
     assert "damaged" not in done.stderr
     assert robustmm("evaluate", run, "--import", "late_token", path=[bare]).returncode == 0
+
+
+def test_load_model_in_a_new_process_imports_only_what_it_is_told(bare, run):
     script = textwrap.dedent(f"""
         import robustmm
         try:

@@ -8,6 +8,7 @@ runs the same functions over every registered method.
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import tempfile
 from copy import deepcopy
@@ -239,7 +240,7 @@ def main(args) -> None:
     module, _, class_name = args.method.rpartition(":")
     if module:
         import_modules([module])
-        cls = getattr(__import__(module, fromlist=[class_name]), class_name, None)
+        cls = getattr(importlib.import_module(module), class_name, None)
         if cls is None or not getattr(cls, "method", "") or METHODS.entries.get(cls.method) is not cls:
             raise ValueError(f"{args.method}: no method registered by that name; decorate the class with "
                              "@robustmm.register_method(NAME) or declare it as an entry point (robustmm.methods)")
