@@ -31,7 +31,7 @@ from .adapters import AdapterConfig
 from .atomic import atomic_write, atomic_write_text
 from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
-from .registry import PLUGINS
+from .registry import PLUGINS, model_sources
 
 MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
 FUSION_NORMS = ("none", "layernorm")
@@ -495,8 +495,6 @@ class MultimodalModel(TrainingHooks, nn.Module):
         reports the OS error (`atomic_write`), which safetensors' own file writer turns into text."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        from .registry import model_sources
-
         config = {"format_version": FORMAT_VERSION, "method": self.method, **self.config.to_dict()}
         sources = model_sources(self.method, self.plugins)
         if sources:  # where outside code lives, for the message of a process that does not know it

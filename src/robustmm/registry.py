@@ -8,7 +8,7 @@ Code written outside robustmm (a method, plug-in, dataset, and later a fusion) b
 these: its package declares it as an entry point (`ENTRY_POINT_GROUPS`), which lists its name without importing
 it, or the user names its module (`--import MODULE`, `imports:` in a run config, `load_model(..., imports=[...])`).
 A saved model or a run directory records where its outside code lives (`module:Name`), but robustmm never imports
-a module because a file names it, as transformers' `trust_remote_code` stance: the error says what to pass.
+a module because a file names it (the stance of transformers' `trust_remote_code`): the error says what to pass.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 ENTRY_POINT_GROUPS = {
@@ -71,8 +72,11 @@ def outside_modules() -> list[str]:
     modules = list(_IMPORTED)
     for registry in Registry.instances:
         for key, cls in registry.entries.items():
-            if key not in registry.builtin and cls.__module__ not in ("__main__", "__mp_main__"):
-                modules.append(cls.__module__)
+            name = cls.__module__
+            # A spawned process runs the main script again itself; code made by exec has no module to import.
+            found = name not in ("__main__", "__mp_main__") and getattr(sys.modules.get(name), "__spec__", None)
+            if key not in registry.builtin and found:
+                modules.append(name)
     return list(dict.fromkeys(modules))
 
 
