@@ -95,3 +95,22 @@ def test_an_outside_plugin_trains_saves_its_source_and_is_named_when_unknown(ins
     assert "plug-in 'absent' is not known in this process, which it records as absent_package:Absent" in message
     assert "group robustmm.plugins" in message and "--import absent_package" in message
     assert "damaged" not in message
+
+
+def test_every_command_takes_import():
+    import argparse
+
+    from robustmm.cli import build_parser
+
+    def leaves(parser, path=()):
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions:
+            yield path, parser
+        for action in actions:
+            for name, command in action.choices.items():
+                yield from leaves(command, (*path, name))
+
+    found = dict(leaves(build_parser()))
+    assert {("train",), ("evaluate",), ("demo",), ("check-method",), ("data", "prepare")} <= set(found)
+    for path, parser in found.items():
+        assert any("--import" in a.option_strings for a in parser._actions), path
