@@ -47,9 +47,10 @@ def how_to_make_known(kind: str, modules: list[str] | None = None) -> str:
     """The ways to make an outside entry of `kind` known to this process."""
     named = ", ".join(modules) if modules else "MODULE"
     flags = " ".join(f"--import {m}" for m in modules) if modules else "--import MODULE"
-    return (f"an outside {kind} becomes known when its package declares it as an entry point (group "
-            f"{ENTRY_POINT_GROUPS[kind]}) or when its module is named: {flags} on the command line, `imports: "
-            f"[{named}]` in a run config, `imports=[...]` of load_model")
+    group = ENTRY_POINT_GROUPS.get(kind)
+    installed = f"its package declares it as an entry point (group {group}) or " if group else ""
+    return (f"an outside {kind} becomes known when {installed}its module is named: {flags} on the command line, "
+            f"`imports: [{named}]` in a run config, `imports=[...]` of load_model")
 
 
 def import_modules(modules, origin: str = "--import") -> None:
