@@ -18,12 +18,15 @@ from layouts import train_command, write_generic, write_image
 EXAMPLE = Path(__file__).parents[1] / "examples" / "late_token"
 
 
-def robustmm(*argv, path: list[Path], timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m robustmm.cli ARGV` in a new process with `path` in front of PYTHONPATH."""
+def python(*argv, path: list[Path], timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python ARGV` in a new process with `path` in front of PYTHONPATH."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([*map(str, path), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "robustmm.cli", *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def robustmm(*argv, path: list[Path]) -> subprocess.CompletedProcess:
+    return python("-m", "robustmm.cli", *argv, path=path)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +70,7 @@ def test_an_installed_method_is_listed_without_importing_it(installed):
     listed = robustmm("methods", path=[installed])
     assert listed.returncode == 0 and "[outside: late_token:LateToken]" in listed.stdout
     script = "import sys, robustmm; print('late_token' in robustmm.list_methods(), 'late_token' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    done = python("-c", script, path=[installed])
     assert done.stdout.split() == ["True", "False"], done.stderr[-3000:]
 
 
@@ -129,8 +131,7 @@ def test_load_model_in_a_new_process_imports_only_what_it_is_told(bare, run):
         model = robustmm.load_model({str(run / "model")!r}, imports=["late_token"])
         print("loaded", type(model).__name__, model.method)
     """)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(bare), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    done = python("-c", script, path=[bare])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "refused:" in done.stdout and "imports=[...]" in done.stdout and "damaged" not in done.stdout
     assert done.stdout.strip().endswith("loaded LateToken late_token")
