@@ -148,8 +148,11 @@ class Registry:
             raise ValueError(f"{self.kind} {key!r}: {where} failed to import: {error!r}") from error
         if key in self.entries:
             return
-        if not isinstance(loaded, type) or getattr(loaded, self.attribute, "") not in ("", key):
-            raise ValueError(f"{self.kind} {key!r}: {where} is not a class, or it registered under another name")
+        if not isinstance(loaded, type):
+            raise ValueError(f"{self.kind} {key!r}: {where} is not a class")
+        others = [name for name, cls in self.entries.items() if cls is loaded]
+        if others:
+            raise ValueError(f"{self.kind} {key!r}: {where} registers itself as {others[0]!r}; use one name")
         self.register(key)(loaded)
 
     def source(self, name: str) -> str | None:
