@@ -1,39 +1,15 @@
-"""The method contract, checked for every registered method (and a plug-in on one): every availability pattern,
-no NaN, save/load, resume, per-scenario logits, parameter counts. A new method is held to it by registering."""
-
-import pickle
-from copy import deepcopy
+"""The method contract (`robustmm.contract`), checked for every registered method (and a plug-in on one): every
+availability pattern, no NaN, save/load, resume, per-scenario logits, parameter counts. A new method is held to it
+by registering; `robustmm check-method` runs the same checks on a method of one's own."""
 
 import pytest
-import torch
 
 import robustmm
-from robustmm.encoders import availability_patterns
-from robustmm.training import train
-from test_model import StopBeforeEpoch, make_samples
+from robustmm import contract
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = {
-    "map": dict(prompt_depth=2, prompt_length=2),
-    "rep": dict(buffer_length=2, depth=2),
-    "molt": dict(latent_size=16, fusion_layers=1),
-}
-"""Options that fit the tiny two-layer encoders of the tests."""
 VARIANTS = [(name, {}) for name in robustmm.list_methods()] + [("cmpt", {"mwam": True})]
-
-
-def build(method, encoders, **options):
-    return robustmm.build_model(method, encoders=encoders, num_classes=3, seed=1, **SMALL.get(method, {}), **options)
-
-
-def every_pattern(modalities, n_each=2):
-    """Samples of each availability pattern, n_each of each."""
-    samples = []
-    for index, pattern in enumerate(availability_patterns(modalities)):
-        for sample in make_samples(n_each, seed=index, with_audio="audio" in modalities):
-            samples.append({k: (None if k in modalities and k not in pattern else v) for k, v in sample.items()})
-    return samples
 
 
 @pytest.fixture(params=VARIANTS, ids=lambda v: v[0] + "".join(f"+{k}" for k in v[1]))
@@ -44,91 +20,37 @@ def variant(request):
 @pytest.mark.parametrize("modalities", [("image", "text"), ("image", "text", "audio")], ids=["2", "3"])
 def test_every_pattern_trains_and_predicts_without_nan(tiny_encoders, variant, modalities):
     method, options = variant
-    model = build(method, {m: tiny_encoders[m] for m in modalities}, **options)
-    batch = model.collate(every_pattern(list(modalities)))
-    out = model.train()(batch)
-    assert torch.isfinite(out.loss) and torch.isfinite(out.logits).all()
-    assert set(out.losses) == set(out.loss_weights)
-    torch.testing.assert_close(out.loss, out.task_loss + sum(out.loss_weights[n] * out.losses[n] for n in out.losses))
-    out.loss.backward()
-    for part in model.hooks():
-        part.on_after_backward()
-        part.on_train_batch_end(out)
-    trained = [p for p in model.parameters() if p.requires_grad]
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in trained)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
-    probabilities = model.predict(every_pattern(list(modalities), 1))
-    assert probabilities.shape == (len(availability_patterns(list(modalities))), 3)
-    assert torch.isfinite(probabilities).all()
-    torch.testing.assert_close(probabilities.sum(-1), torch.ones(len(probabilities)))
+    contract.check_every_pattern(method, {m: tiny_encoders[m] for m in modalities}, **options)
 
 
 def test_scenario_logits_equal_a_plain_forward_pass(tiny_encoders, variant):
     method, options = variant
-    model = build(method, {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}, **options).eval()
-    samples = make_samples(5)
-    samples[3]["text"] = None
-    shows = {
-        "complete": ([1] * 5, [1] * 5),
-        "text missing": ([1] * 5, [0] * 5),
-        "mixed": ([0, 1, 1, 1, 0], [1, 1, 0, 1, 1]),
-    }
-    scenarios = {n: {"image": torch.tensor(i).bool(), "text": torch.tensor(t).bool()} for n, (i, t) in shows.items()}
-    logits = model.logits_by_availability(model.collate(samples), scenarios)
-    for name, (image, text) in shows.items():
-        shown = [
-            {**s, "image": s["image"] if i else None, "text": s["text"] if t else None}
-            for s, i, t in zip(samples, image, text)
-        ]
-        torch.testing.assert_close(logits[name], model(model.collate(shown)).logits, atol=1e-5, rtol=1e-5)
+    contract.check_scenario_logits(method, tiny_encoders, **options)
 
 
 def test_save_and_load_give_identical_logits_and_counts_add_up(tiny_encoders, variant, tmp_path):
     method, options = variant
-    model = build(method, {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}, **options)
-    with torch.no_grad():  # move every trained tensor away from its initial value
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.01 * torch.randn_like(p))
-    batch = model.collate(every_pattern(["image", "text"]))
-    model.save_pretrained(tmp_path / "m")
-    loaded = robustmm.load_model(tmp_path / "m")
-    torch.testing.assert_close(loaded.eval()(batch).logits, model.eval()(batch).logits)
-    counts = model.trainable_parameter_counts()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert counts["total_trainable"] == trainable
-    assert sum(v for k, v in counts.items() if not k.startswith("total")) == trainable
-    assert counts["head"] > 0 and counts["adapters.image"] > 0 and counts["adapters.text"] > 0
+    contract.check_save_and_load(method, tiny_encoders, tmp_path, **options)
 
 
 def test_a_copy_is_a_model_of_its_own_and_pickles(tiny_encoders, variant):
     method, options = variant
-    model = build(method, {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}, **options).eval()
-    batch = model.collate(every_pattern(["image", "text"]))
-    before = model(batch).logits
-    copy = deepcopy(model)
-    torch.testing.assert_close(copy(batch).logits, before)
-    with torch.no_grad():  # the copy's own parameters drive it, not the original's
-        for name, parameter in copy.named_parameters():
-            if parameter.requires_grad and not name.startswith(("encoders.", "head.", "plugins.")):
-                parameter.add_(1.0)
-    changed = copy(batch).logits
-    torch.testing.assert_close(model(batch).logits, before)
-    if any(p.requires_grad and not n.startswith(("encoders.", "head.", "plugins.")) for n, p in model.named_parameters()):
-        assert not torch.allclose(changed, before)
-    torch.testing.assert_close(pickle.loads(pickle.dumps(model))(batch).logits, before)
+    contract.check_copy(method, tiny_encoders, **options)
 
 
 def test_a_killed_run_resumes_to_the_same_model(tiny_encoders, variant, tmp_path):
     method, options = variant
-    encoders = {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}
-    train_samples, val_samples = every_pattern(["image", "text"], 4), every_pattern(["image", "text"], 2)
-    settings = dict(epochs=2, warmup_epochs=0.5, batch_size=6, lr=1e-2, progress_bar=False)
-    straight = train(build(method, encoders, **options), train_samples, val_samples, out_dir=tmp_path / "a", **settings)
-    with pytest.raises(RuntimeError, match="killed"):
-        train(build(method, encoders, **options), train_samples, val_samples, out_dir=tmp_path / "b",
-              callbacks=[StopBeforeEpoch(1)], **settings)
-    resumed = train(build(method, encoders, **options), train_samples, val_samples, out_dir=tmp_path / "b", **settings)
-    torch.testing.assert_close(resumed.predict(val_samples), straight.predict(val_samples))
-    for name, tensor in straight.trainable_state_dict().items():
-        torch.testing.assert_close(resumed.trainable_state_dict()[name], tensor, msg=name)
+    contract.check_resume(method, tiny_encoders, tmp_path, **options)
+
+
+def test_a_check_that_fails_is_reported_by_name_and_the_others_still_run(tiny_encoders, tmp_path, monkeypatch):
+    """A method whose fusion ignores what is visible breaks the scenario check only; `check_method` reports it."""
+    from robustmm.methods.baseline import PlaceholderFusion
+
+    calls = []
+    monkeypatch.setattr(contract, "tiny_encoders", lambda root: tiny_encoders)
+    monkeypatch.setattr(PlaceholderFusion, "logits_by_availability", lambda self, batch, scenarios: {
+        name: self(batch).logits for name in scenarios})
+    failed = contract.check_method("baseline", log=calls.append)
+    assert failed == ["scenario logits equal plain forward passes"]
+    assert len(calls) == len(contract.CHECKS) and calls[2].startswith("FAIL  scenario logits")

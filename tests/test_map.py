@@ -5,7 +5,7 @@ import torch
 
 import robustmm
 from robustmm.encoders import EncoderContext, availability_patterns
-from test_model import make_samples
+from robustmm.contract import make_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,8 +2,6 @@
 
 import csv
 
-import lightning
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,27 +9,8 @@ from PIL import Image
 import robustmm
 from robustmm.encoders import EncoderOutput
 from robustmm.adapters import matched_modules
+from robustmm.contract import StopBeforeEpoch, make_samples
 from robustmm.training import evaluate, train
-
-COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]
-WORDS = ["red", "green", "blue"]
-
-
-def make_samples(n, seed=0, with_audio=False):
-    rng = np.random.default_rng(seed)
-    samples = []
-    for i in range(n):
-        label = int(rng.integers(3))
-        sample = {
-            "id": f"s{seed}-{i}",
-            "image": Image.new("RGB", (32, 32), COLOURS[label]),
-            "text": f"a {WORDS[label]} dog",
-            "label": label,
-        }
-        if with_audio:
-            sample["audio"] = (np.sin(np.arange(8000) * (label + 1) * 0.05) * 0.5).astype(np.float32)
-        samples.append(sample)
-    return samples
 
 
 @pytest.fixture
@@ -296,17 +275,6 @@ def test_minilm_cls_matches_the_plain_encoder_and_masks_padding(minilm_path):
     torch.testing.assert_close(together.features.extras["proxies"]["text", "other"][0], alone.features.extras["proxies"]["text", "other"][0],
                                atol=1e-5, rtol=1e-5)
     assert not torch.allclose(alone.features.cls["text"][0], expected[0], atol=1e-3)  # the proxy token is attended to
-
-
-class StopBeforeEpoch(lightning.Callback):
-    """Simulates a run killed after `epoch` epochs have been checkpointed."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("killed")
 
 
 def test_a_killed_run_resumes_to_the_same_model(image_text, tmp_path):

@@ -7,7 +7,7 @@ import torch
 
 import robustmm
 from robustmm.methods.molt import FactorizedBilinearPooling, canonical_correlation_sum, correlation_loss, tapped_layers
-from test_model import make_samples
+from robustmm.contract import make_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ from robustmm.encoders import EncoderContext
 from robustmm.methods import rep
 from robustmm.methods.rep import orthogonality_loss
 from robustmm.tiny import save_tiny_encoder
-from test_model import make_samples
+from robustmm.contract import make_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

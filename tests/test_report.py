@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import torch
 from layouts import train_command, write_generic
 
 from robustmm.cli import main
-from robustmm.report import attention_maps, output_features, training_seconds
+from robustmm.report import attention_maps, training_seconds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FIGURES = {"radar", "missing-rate", "class-gain", "tsne", "attention", "reliability"}
@@ -136,7 +135,9 @@ def test_a_run_given_twice_another_config_or_an_unknown_attention_sample_is_refu
     (other / "config.yaml").write_text(config.replace("seed: 1", "seed: 7").replace("lr: 0.01", "lr: 0.02"))
     for extra, message in (([str(runs[1])], "both cmpt with seed 0"),
                            ([str(other)], "is not a seed of"),
-                           (["--attention-ids", "test0,nope"], "--attention-ids: no test sample has id 'nope'")):
+                           (["--attention-ids", "test0,nope"], "--attention-ids: no test sample has id 'nope'"),
+                           (["--gain", "cmpt,nope"], "gain: ('cmpt', 'nope') must name two different methods"),
+                           (["--focus", "molt"], "focus: 'molt' is not a method of the report (cmpt)")):
         with pytest.raises(SystemExit) as exit_info:
             main(["report", str(runs[1]), *extra, "--out", str(tmp_path / "r")])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -157,7 +158,7 @@ def test_attention_maps_are_last_layer_weights_over_the_patches(tiny_encoders):
     base = model.encoders["image"].backbone.get_base_model()
     before = base.config._attn_implementation
     found = attention_maps(model, samples, "image")
-    assert found["tokens"] == ["class token", "proxy for text"]
+    assert found["tokens"] == ["class token", "proxies"]  # the encoder's token segment
     maps = found["maps"]
     assert maps.shape == (2, 2, 2, 2) and (maps > 0).all() and (maps.sum((2, 3)) < 1).all()
     assert base.config._attn_implementation == before  # the fused kernels are back
@@ -165,12 +166,23 @@ def test_attention_maps_are_last_layer_weights_over_the_patches(tiny_encoders):
     assert torch.allclose(probabilities.sum(-1), torch.ones(2), atol=1e-5)
 
 
-def test_output_features_reads_either_output_layout():
-    cls, proxies = {"image": torch.ones(1, 2)}, {("text", "image"): torch.zeros(1, 2)}
-    new = SimpleNamespace(features=SimpleNamespace(cls=cls, extras={"proxies": proxies}))
-    old = SimpleNamespace(cls=cls, proxies=proxies)
-    assert output_features(new) == (cls, proxies) and output_features(old) == (cls, proxies)
-    assert output_features(SimpleNamespace(features=SimpleNamespace(cls=cls, extras={}))) == (cls, {})
+@pytest.mark.parametrize("method, options, tokens", [
+    ("cmpt", {}, ["class token", "proxies 1", "proxies 2"]),
+    ("map", {"prompt_depth": 2, "prompt_length": 5, "prompt_type": "input"},
+     ["class token", "prompts1 (mean of 5)", "prompts0 (mean of 5)"]),
+], ids=["cmpt-3", "map"])
+def test_attention_panels_are_named_after_the_encoders_token_segments(tiny_encoders, method, options, tokens):
+    """Three modalities give CMPT two proxies in front of the image's class token; MAP's input prompts, kept from
+    each layer they enter, are in front of it at the last layer too, each segment one panel for its mean."""
+    from PIL import Image
+
+    import robustmm
+
+    encoders = {m: tiny_encoders[m] for m in ("image", "text", "audio")}
+    model = robustmm.build_model(method, encoders=encoders, num_classes=3, **options)
+    found = attention_maps(model, [{"image": Image.new("RGB", (32, 32), (200, 30, 30))}], "image")
+    assert found["tokens"] == tokens and found["maps"].shape == (1, 3, 2, 2)
+    assert (found["maps"] > 0).all() and (found["maps"].sum((2, 3)) < 1).all()
 
 
 def test_training_time_sums_the_attempts(runs):
@@ -199,3 +211,28 @@ def test_report_data_of_models_in_memory_ends_its_curves_at_the_scenarios(tiny_e
         assert run.sweeps[modality][-1] == pytest.approx(run.scenarios[f"{modality} missing"])
     assert set(run.per_class["complete"]) == {"cat", "dog", "bird"} and data.modalities == {"image": "image",
                                                                                            "text": "text"}
+
+
+def test_the_gain_pair_and_the_focus_method_are_options(tiny_encoders, tmp_path):
+    """Models in memory, none called cmpt or baseline: the gain of the one chosen over the other, and the t-SNE
+    and attention of the chosen focus, whose proxies are named after the image encoder's token segment."""
+    import robustmm
+    from robustmm.contract import make_samples
+    from robustmm.report import write_report
+
+    encoders = {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}
+    models = {name: robustmm.build_model(method, encoders=encoders, num_classes=3, class_names=["r", "g", "b"])
+              for name, method in (("proxies", "cmpt"), ("plain", "baseline"), ("dropped", "dropout"))}
+    samples = make_samples(12)
+    for index in (2, 7):
+        samples[index]["text"] = None
+    page = write_report(models, tmp_path / "r", samples, gain=("plain", "dropped"), focus="proxies")
+    gains = json.loads((tmp_path / "r" / "tables" / "class_gain.json").read_text())
+    assert {(g["method"], g["over"]) for g in gains} == {("plain", "dropped")} and len(gains) == 2 * 3
+    text = page.read_text()
+    assert "Per-class gain of plain over dropped" in text and "proxies (seed 0): last layer" in text
+    write_report(models, tmp_path / "d", samples)  # by default: the last method over the first, the first's focus
+    gains = json.loads((tmp_path / "d" / "tables" / "class_gain.json").read_text())
+    assert {(g["method"], g["over"]) for g in gains} == {("dropped", "proxies")}
+    with pytest.raises(ValueError, match="focus: 'cmpt' is not a method of the report"):
+        write_report(models, tmp_path / "e", samples, focus="cmpt")

@@ -1,5 +1,5 @@
-"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `report`, `bench`, `methods`
-and `data`."""
+"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `report`, `bench`, `methods`,
+`check-method` and `data`."""
 
 from __future__ import annotations
 
@@ -28,13 +28,17 @@ def _methods(args) -> None:
         for option, (_, default) in options.items():
             print(f"    {option} = {default!r}")
 
+    def origin(registry, name: str) -> str:
+        source = registry.source(name)
+        return f" [outside: {source}]" if source else ""
+
     for name in METHODS.names():
-        print(f"{name:<10} {METHODS.summary(name)}")
+        print(f"{name:<10} {METHODS.summary(name)}{origin(METHODS, name)}")
         if args.options:
             show(METHODS.get(name).own_option_fields())
     print("plug-ins, on any method (e.g. --option mwam=true):")
     for name in PLUGINS.names():
-        print(f"{name:<10} {PLUGINS.summary(name)}")
+        print(f"{name:<10} {PLUGINS.summary(name)}{origin(PLUGINS, name)}")
         if args.options:
             from .model import plugin_option_fields
 
@@ -94,7 +98,9 @@ def _train(args) -> None:
     from .config import load_config
     from .runs import train_run
 
-    train_run(load_config(args.config, train_overrides(args)))
+    config = load_config(args.config, train_overrides(args))
+    config.imports = list(dict.fromkeys([*config.imports, *args.imports]))  # recorded in the run directory
+    train_run(config)
 
 
 def _rates(text: str) -> list[float]:
@@ -182,6 +188,12 @@ def _predict(args) -> None:
         raise SystemExit(1)
 
 
+def _check_method(args) -> None:
+    from .contract import main
+
+    main(args)
+
+
 def _report(args) -> None:
     from pathlib import Path
 
@@ -196,6 +208,23 @@ def _report(args) -> None:
     check_not_an_input(args.out, [Path(run, name) for run in args.run_dirs for name in RUN_INPUTS])
     check_output_folder(args.out, args.overwrite, earlier_report, "an earlier report")
     main(args)
+
+
+IMPORT_HELP = (
+    "import this module first (repeatable), so that the methods, plug-ins and datasets it registers are known; "
+    "an installed package's entry points need none"
+)
+
+
+def add_import_option(parser: argparse.ArgumentParser) -> None:
+    """`--import MODULE` on every command, the leaves of nested ones (`data ...`) included."""
+    commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for action in commands:
+        for command in action.choices.values():
+            add_import_option(command)
+    if not commands:
+        parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                            help=IMPORT_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,21 +397,41 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--attention-ids", metavar="ID,ID", help="test samples whose attention maps to show "
                         "(default: the first three with an image)")
     report.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
+    report.add_argument("--gain", metavar="METHOD,REFERENCE", help="the per-class gain of METHOD over REFERENCE "
+                        "(default: cmpt,baseline where both ran, else the last method over the first)")
+    report.add_argument("--focus", metavar="METHOD", help="the method whose t-SNE and attention are shown "
+                        "(default: cmpt where it ran, else the first)")
     report.set_defaults(func=_report)
+
+    check = commands.add_parser(
+        "check-method", help="run the method contract's checks on a method, e.g. one of your own",
+        description="Build the method over tiny random encoders and check it against the contract every built-in "
+        "method meets: every availability pattern trains and predicts without NaN, per-scenario logits equal plain "
+        "forward passes, save and load, copies, and resuming a killed run. Exit status 1 if a check fails.",
+    )
+    check.add_argument("method", metavar="NAME_OR_MODULE:CLASS",
+                       help="a registered method (an installed entry point counts), or module:Class to import")
+    check.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a method option to build it with (repeatable), e.g. rank=4")
+    check.set_defaults(func=_check_method)
 
     methods = commands.add_parser("methods", help="list the registered methods")
     methods.add_argument("--options", action="store_true", help="also list each method's options and defaults")
     methods.set_defaults(func=_methods, loads_models=False)
 
     add_data_parser(commands)
+    add_import_option(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .registry import import_modules
+
     args = build_parser().parse_args(argv)
     if getattr(args, "loads_models", True):
         quiet_libraries()
     try:
+        import_modules(args.imports)
         args.func(args)
     except (ValueError, OSError) as error:  # bad input, a missing file, a full disk: the message says which
         print(f"robustmm {args.command}: error: {error}", file=sys.stderr)

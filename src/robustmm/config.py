@@ -43,6 +43,9 @@ class ModelSection:
     num_frames, kind, target_modules). Every modality of the dataset needs one."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the method (`build_model`), e.g. align_weight, adapter, rank. The seed is `train.seed`."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where the run's outside method and plug-ins live (name -> module:Class), recorded by `robustmm train`
+    for the messages of a process that does not know them; never imported on its say."""
 
 
 @dataclass
@@ -72,6 +75,10 @@ class RunConfig:
     out: str = "runs/{dataset}/{method}/seed{seed}"
     """The run directory; {dataset}, {method}, {seed}, {missing_type} and {missing_rate} (the training missing
     rate in %) are filled in."""
+    imports: list[str] = field(default_factory=list)
+    """Modules that `robustmm train` imports before reading the rest, so that the outside methods, plug-ins and
+    datasets they register are known (as `--import`). A run directory records them; the commands that read a
+    run (evaluate, calibrate, report, predict) do not import them on its say, but name them in their message."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,8 +89,8 @@ class RunConfig:
 
 RUN_CONFIG = "config.yaml"
 """The resolved config's file name in a run directory."""
-EXECUTION_KEYS = ("train.progress_bar", "train.num_workers", "train.log_every_n_steps")
-"""Config keys that change how a run executes, not what it computes."""
+EXECUTION_KEYS = ("train.progress_bar", "train.num_workers", "train.log_every_n_steps", "imports", "model.sources")
+"""Config keys that change how a run executes or finds its code, not what it computes."""
 FLAG_HINTS = {"dataset.name": "--dataset", "dataset.root": "--root"}
 """Where a required value can be given on the command line."""
 
@@ -281,9 +288,14 @@ def build(cls: type, raw: Any, where: str = "") -> Any:
         raise ConfigError(f"{label}: {error}") from error
 
 
-def load_config(source: str | None = None, overrides: list[tuple[str, Any, str]] = ()) -> RunConfig:
+def load_config(
+    source: str | None = None, overrides: list[tuple[str, Any, str]] = (), import_code: bool = True
+) -> RunConfig:
     """The run config from a YAML file or shipped name (optional), then `(key, value, origin)` overrides in
-    order. Errors name the file or the override that caused them."""
+    order. Errors name the file or the override that caused them. With `import_code` (a config the user gives
+    to train), its `imports` are imported first; without (a stored run's), an unknown method's error names them."""
+    from .registry import UnknownNameError, import_modules, unknown_code_message
+
     raw, where = {}, "command line"
     if source is not None:
         text, where = config_source(source)
@@ -299,7 +311,13 @@ def load_config(source: str | None = None, overrides: list[tuple[str, Any, str]]
         apply_override(raw, key, value, origin)
     try:
         config = build(RunConfig, raw)
+        if import_code:
+            import_modules(config.imports, "imports:")
         config.model.options = checked_model_options(config.model)
+    except UnknownNameError as error:
+        if import_code:
+            raise ConfigError(f"{where}: model: {error}") from error
+        raise ConfigError(unknown_code_message(where, error, config.model.sources, config.imports)) from error
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error
     return config
@@ -311,13 +329,11 @@ def checked_model_options(section: ModelSection) -> dict[str, Any]:
     too); anything else is the typo it looks like, reported now rather than after the data is read."""
     from .registry import METHODS
 
-    try:
-        own = METHODS.get(section.method).option_fields()
-    except ValueError as error:
-        raise ConfigError(f"model.method: {error}") from error
+    own = METHODS.get(section.method).option_fields()
     known = {}
-    for name in METHODS.names():
-        known.update(METHODS.get(name).option_fields())
+    if any(key not in own for key in section.options):
+        for name in METHODS.names():
+            known.update(METHODS.get(name).option_fields())
     checked = {}
     for key, value in section.options.items():
         hint = own.get(key, known.get(key, (None,)))[0]
@@ -339,7 +355,7 @@ def read_run_config(path: str | Path) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} holds no {path.name}; is it a run directory of `robustmm train`?")
-    return load_config(str(path))
+    return load_config(str(path), import_code=False)
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -358,5 +374,5 @@ def config_differences(first: RunConfig, second: RunConfig, ignore: Sequence[str
     return [
         f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
         for key in sorted(set(a) | set(b))
-        if a.get(key) != b.get(key) and key not in ignore
+        if a.get(key) != b.get(key) and not any(key == i or key.startswith(f"{i}.") for i in ignore)
     ]

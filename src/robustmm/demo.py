@@ -31,7 +31,7 @@ from .checks import check_field_types, load_json
 from .children import children_end_with_us, end_with_parent
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
-from .registry import METHODS, build_model, get_method
+from .registry import METHODS, build_model, get_method, outside_modules
 
 
 @dataclass
@@ -190,19 +190,23 @@ def train_and_score(
 _WORKER: dict = {}
 
 
-def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: int) -> None:
+def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: int, modules: list[str]) -> None:
     """Each worker process imports the libraries and renders the data itself, side by side with the others,
     instead of waiting for the main process to do both and send the data over. Its temporary files go into a
-    scratch folder of its own, removed when it is stopped or its parent dies (`end_with_parent`)."""
+    scratch folder of its own, removed when it is stopped or its parent dies (`end_with_parent`). A spawned
+    process starts with the package's own methods only: it imports the modules of the parent's outside ones
+    (`outside_modules`)."""
     import shutil
     from multiprocessing.util import Finalize
 
     from .console import quiet_libraries
+    from .registry import import_modules
 
     scratch = tempfile.mkdtemp(prefix="robustmm-demo-worker-")
     tempfile.tempdir = scratch
     remove = Finalize(None, shutil.rmtree, (scratch,), {"ignore_errors": True}, exitpriority=0)  # at a normal exit
     end_with_parent(parent_pid, cleanup=remove)
+    import_modules(modules)
     quiet_libraries()
     _WORKER.update(config=config, data=make_data(config), steps=steps, save_to=save_to)
 
@@ -267,7 +271,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         steps = context.Queue()
         listener = threading.Thread(target=_drain, args=(steps, bar), daemon=True)
         listener.start()
-        start_args = (config, steps, models, os.getpid())
+        start_args = (config, steps, models, os.getpid(), outside_modules())
         with ProcessPoolExecutor(workers, context, _start_worker, start_args) as pool, children_end_with_us():
             pool.submit(_check_in_worker).result()
             runs_started = [pool.submit(_run_in_worker, *job, n) for job, n in zip(jobs, threads)]

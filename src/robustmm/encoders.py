@@ -269,6 +269,11 @@ class ModalityEncoder(nn.Module):
             start += count
         raise KeyError(f"{self.modality}: no token segment {name!r} at this point; have {self._segments}")
 
+    @property
+    def token_segments(self) -> list[tuple[str, int]]:
+        """(name, count) of the segments in front of CLS at this point of the current call, front first."""
+        return list(self._segments)
+
     def _check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.num_layers:
             raise ValueError(f"{self.modality}: layer {layer} does not exist; the encoder has {self.num_layers}")

@@ -32,7 +32,7 @@ from .atomic import atomic_write, atomic_write_text
 from .checks import check_field_types
 from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
-from .registry import PLUGINS
+from .registry import PLUGINS, model_sources
 
 MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
 FUSION_NORMS = ("none", "layernorm")
@@ -496,12 +496,16 @@ class MultimodalModel(TrainingHooks, nn.Module):
         return state
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the config (JSON) and the trained state (safetensors) atomically into `directory`. The weights
+        """Write the config (JSON) and the trained state (safetensors) atomically into `directory`; the config
+        records where an outside method or plug-in lives (`sources`, name -> module:Class). The weights
         (the trainable state only, small) are serialized in memory and written by Python, so that a failed write
         reports the OS error (`atomic_write`), which safetensors' own file writer turns into text."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"format_version": FORMAT_VERSION, "method": self.method, **self.config.to_dict()}
+        sources = model_sources(self.method, self.plugins)
+        if sources:  # where outside code lives, for the message of a process that does not know it
+            config["sources"] = sources
         weights = safetensors_bytes(self.trainable_state_dict(), metadata={"method": self.method})
         atomic_write(directory / WEIGHTS_FILE, lambda p: Path(p).write_bytes(weights))
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))

@@ -33,7 +33,7 @@ from .data.protocol import bind_kind
 from .evaluation import dataset_metrics, inference_device, open_split, parse_scenarios, score
 from .metrics import METRICS
 from .precision import AUTO, resolve_precision
-from .registry import build_model
+from .registry import build_model, model_sources
 from .training import TrainConfig, train
 
 SPLITS = ("train", "val", "test")
@@ -277,6 +277,7 @@ def remove_unstarted_run(run_dir: Path, created: bool) -> None:
 def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: bool, log) -> None:
     """`train_run` in its checked (and, by the writer, locked) directory."""
     model = build_run_model(config, splits["train"])
+    config = replace(config, model=replace(config.model, sources=model_sources(model.method, model.plugins)))
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_CONFIG, config.to_yaml())
