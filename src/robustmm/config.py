@@ -255,6 +255,12 @@ def load_config(source: str | None = None, overrides: list[tuple[str, Any, str]]
             raise ConfigError(f"{where}: not valid YAML: {error}") from error
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    return config_from_raw(raw, overrides, where)
+
+
+def config_from_raw(raw: dict, overrides: list[tuple[str, Any, str]] = (), where: str = "command line") -> RunConfig:
+    """The run config from an already read mapping of sections (changed in place by the overrides); errors name
+    `where` it came from."""
     for key, value, origin in overrides:
         apply_override(raw, key, value, origin)
     try:
