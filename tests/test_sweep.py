@@ -7,11 +7,13 @@ import csv
 import fcntl
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,11 @@ import yaml
 from fake_slurm import fake_slurm_env
 from layouts import write_generic
 
+from test_faults import full_disk
+
 from robustmm.cli import main
-from robustmm.sweep.spec import cell_names, load_sweep
+from robustmm.registry import METHODS
+from robustmm.sweep.spec import cell_names, load_sweep, shipped_sweeps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZES = {"train": 8, "val": 6, "test": 6}
@@ -93,8 +98,6 @@ def test_every_combination_is_a_cell_and_dry_run_lists_them_without_training(wri
 
 
 def test_all_lists_every_method(write_sweep, tmp_path):
-    from robustmm.registry import METHODS
-
     sweep = load_sweep(str(write_sweep(tmp_path / "all.yaml", {"model.method": "all"})))
     assert [c.config.model.method for c in sweep.cells] == METHODS.names()
 
@@ -117,6 +120,23 @@ def test_a_bad_sweep_is_refused_before_any_work_naming_what_is_wrong(write_sweep
     path = write_sweep(tmp_path / "bad.yaml", grid, **extra)
     assert message in error_of(["sweep", str(path)], capsys)
     assert not (tmp_path / "bad").exists()
+
+
+def test_every_shipped_sweep_expands_to_every_method_and_the_readme_shows_example(capsys):
+    main(["sweep", "--list"])
+    listed = capsys.readouterr().out
+    for name in shipped_sweeps():
+        assert name in listed
+        sweep = load_sweep(name, check=False)  # the paper's datasets are not here: keys, types and methods only
+        methods = {cell.config.model.method for cell in sweep.cells}
+        assert methods == set(METHODS.names()) or name == "example", name
+    assert {"table1_map", "table2_missing", "fig2_rates", "table2_tuned"} <= set(shipped_sweeps())
+    assert load_sweep("table2_tuned", check=False).select.over == ["train.lr"]
+    assert load_sweep("table1_map", check=False).cells[0].config.evaluation.scenarios[0] == "grid"
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- sweep:example -->\n```yaml\n(.*?)\n```", readme, re.S)[1]
+    assert yaml.safe_load(block) == yaml.safe_load(resources.files("robustmm").joinpath("sweeps/example.yaml")
+                                                    .read_text())
 
 
 # ----- the results ---------------------------------------------------------------------------------------------
@@ -242,6 +262,20 @@ def test_a_failed_cell_leaves_the_others_going_and_the_exit_status_names_it(writ
     assert status.strip().endswith("1 done, 1 failed")
 
 
+def test_a_full_disk_fails_the_cell_it_hits_and_a_rerun_finishes_it_without_training_again(write_sweep, tmp_path,
+                                                                                         capsys):
+    path = write_sweep(tmp_path / "full.yaml", {"train.seed": [0]})
+    target = tmp_path / "full" / "cells" / "seed=0" / "evaluation.json"
+    with full_disk(target), pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(path), "--no-progress"])
+    assert exit_info.value.code == 1
+    assert f"could not write {target}: No space left on device" in capsys.readouterr().out
+    assert not target.exists() and not list(target.parent.glob(".evaluation.json.*"))
+    main(["sweep", str(path), "--no-progress"])
+    assert target.is_file()
+    assert "is complete" in (tmp_path / "full" / "logs" / "seed=0.log").read_text()  # trained once
+
+
 def test_two_sweeps_on_one_folder_do_not_both_write_a_cell(write_sweep, tmp_path, capsys):
     path = write_sweep(tmp_path / "busy.yaml", {"train.seed": [0]})
     run_dir = tmp_path / "busy" / "cells" / "seed=0"
@@ -258,15 +292,18 @@ def test_two_sweeps_on_one_folder_do_not_both_write_a_cell(write_sweep, tmp_path
     assert not (run_dir / "config.yaml").exists()
 
 
-def test_sigterm_ends_the_sweep_and_its_workers(write_sweep, tmp_path):
-    path = write_sweep(tmp_path / "term.yaml", {"train.seed": [0, 1]}, train={
-        "epochs": 50, "batch_size": 4, "lr": 1e-2, "warmup_epochs": 0, "num_workers": 0})
+def test_sigterm_ends_the_sweep_and_its_workers_and_a_rerun_resumes(write_sweep, tmp_path, capsys):
+    """SIGTERM while two local workers hold their cells: the workers end with the sweep, no orphan trains on."""
+    from robustmm.sweep.cell import is_locked
+
+    path = write_sweep(tmp_path / "term.yaml", {"train.seed": [0, 1]})
     process = sweep_process(path, "--jobs", "2")
     cells = [tmp_path / "term" / "cells" / f"seed={seed}" for seed in (0, 1)]
-    wait_for(lambda: all((cell / "checkpoints" / "last.ckpt").exists() for cell in cells), process=process)
+    wait_for(lambda: all(is_locked(cell) for cell in cells), process=process)
     workers = [int((cell / ".lock").read_text().split(",")[0].split()[1]) for cell in cells]
+    assert process.pid not in workers
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) != 0
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
 
     def ended(pid: int) -> bool:
         try:
@@ -276,6 +313,9 @@ def test_sigterm_ends_the_sweep_and_its_workers(write_sweep, tmp_path):
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
     wait_for(lambda: all(map(ended, workers)), seconds=15)
+    main(["sweep", str(path), "--no-progress"])
+    assert "2 to run" in capsys.readouterr().out
+    assert all((cell / "evaluation.json").is_file() for cell in cells)
 
 
 # ----- the slurm executor --------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def run_cell(job: CellJob) -> tuple[str, str | None]:
     job.failed_marker.unlink(missing_ok=True)
     with open(job.log, "a", encoding="utf-8") as log, output_to(log), torch_threads(job.threads):
         print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} cell {job.name}, pid {os.getpid()}", flush=True)
+        start = time.perf_counter()
         try:
             train_and_evaluate(job.config)
         except Exception as error:
@@ -69,6 +70,7 @@ def run_cell(job: CellJob) -> tuple[str, str | None]:
             with contextlib.suppress(OSError):  # a full disk: the log (or the caller) still has the message
                 atomic_write_text(job.failed_marker, message)
             return FAILED, message
+        print(f"--- cell {job.name} done in {time.perf_counter() - start:.1f} s", flush=True)
     return DONE, None
 
 

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from .cell import DONE, EVALUATION
+from .cell import EVALUATION
 from .spec import SEED_KEY, Cell, Sweep, cell_names, value_label
 
 TABLES = ("table.md", "table.csv", "table.tex")
@@ -61,8 +61,8 @@ def chosen_cells(sweep: Sweep, figures: dict[str, dict]) -> tuple[list[Cell], di
         if scored:
             best = max(scored, key=lambda option: scored[option])  # max keeps the first of equal scores
             chosen[row] = {"values": dict(zip(over, map(json.loads, best))), "val": scored}
-    kept = [cell for cell in sweep.cells
-            if (entry := chosen.get(_key(cell.values, rows))) and _key(cell.values, over) == _key(entry["values"], over)]
+    kept = [cell for cell in sweep.cells if (entry := chosen.get(_key(cell.values, rows)))
+            and _key(cell.values, over) == _key(entry["values"], over)]
     return kept, chosen
 
 
@@ -97,7 +97,8 @@ def table_rows(sweep: Sweep, figures: dict[str, dict]) -> tuple[str, list[str], 
             "scenarios": entries,
         })
     for scenario in scenarios:
-        ranked = sorted((r for r in rows if scenario in r["scenarios"]), key=lambda r: -r["scenarios"][scenario]["mean"])
+        ranked = sorted((r for r in rows if scenario in r["scenarios"]),
+                        key=lambda r: -r["scenarios"][scenario]["mean"])
         for rank, row in enumerate(ranked if len(ranked) > 1 else []):
             row["scenarios"][scenario]["rank"] = rank
     return metric, scenarios, rows

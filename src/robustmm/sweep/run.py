@@ -9,7 +9,7 @@ from ..atomic import atomic_write_text
 from .cell import DONE, FAILED, PENDING, RUNNING, cell_state, last_lines
 from .executors import RUNNERS, cell_log
 from .results import write_reports, write_results
-from .spec import Sweep, load_sweep, shipped_summary, shipped_sweeps
+from .spec import Sweep, shipped_summary, shipped_sweeps
 
 MANIFEST = "sweep.json"
 
@@ -50,7 +50,8 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bo
     states = states_of(sweep)
     results = write_results(sweep, states)
     failed = [name for name, (state, _) in states.items() if state != DONE]
-    if sweep.report and len(failed) < len(sweep.cells):
+    report_kept = not todo and (sweep.out / "report").is_dir()  # nothing ran: the report of these cells stands
+    if sweep.report and len(failed) < len(sweep.cells) and not report_kept:
         for page in write_reports(sweep, log=log):
             log(f"wrote {page}")
     return {**results, "failed": failed}
