@@ -42,7 +42,8 @@ def main(args) -> None:
         print(format_status(sweep_status(args.items[1])))
         return
     if len(args.items) != 1:
-        raise SystemExit(f"usage: {USAGE}")
+        raise ValueError(f"expected one sweep file (or status DIR), got {' '.join(args.items) or 'none'}; "
+                         f"usage: {USAGE}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     sweep = load_sweep(args.items[0], args.set, args.out)
@@ -56,7 +57,9 @@ def main(args) -> None:
             raise
         print(f"robustmm sweep: interrupted; the running cells stopped. Run the same command again to resume "
               f"(robustmm sweep status {sweep.out})", file=sys.stderr)
-        raise SystemExit(130 if isinstance(interruption, KeyboardInterrupt) else interruption.code) from None
+        # Ctrl-C: KeyboardInterrupt, or Lightning's SystemExit(1) when it came during training; SIGTERM: 143
+        code = 143 if isinstance(interruption, SystemExit) and interruption.code == 143 else 130
+        raise SystemExit(code) from None
     print((sweep.out / "table.md").read_text())
     print(f"wrote {sweep.out / 'table.md'}, table.csv, table.tex, results.json"
           + (" and report/" if sweep.report and len(results["failed"]) < len(sweep.cells) else ""))

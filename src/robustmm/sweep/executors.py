@@ -2,7 +2,8 @@
 as each one ends; a failed cell does not stop the others.
 
 - `local`: N worker processes side by side on this machine, the cores split between them as the demo splits
-  them (`cores.job_threads`); with one job the cells run in this process, one after the other. The workers end
+  them (`cores.job_threads`, by each cell's place in the sweep); with one job the cells run in this process,
+  one after the other, on the threads it has (OMP_NUM_THREADS, else PyTorch's default). The workers end
   with the sweep however it ends (`children`: SIGTERM or a kill of the sweep ends them too).
 - `slurm`: one SLURM job array through submitit, one array task per cell, resources from the sweep's `slurm:`
   section. A cell is a `submitit.helpers.Checkpointable`: on preemption or at the time limit submitit requeues
@@ -40,16 +41,19 @@ def run_local(sweep: Sweep, cells: list[Cell], jobs: int, finished) -> None:
     from ..children import children_end_with_us
     from ..cores import available_cores, job_threads
 
-    workers = max(1, min(jobs, len(cells)))
-    if workers == 1:
+    if jobs == 1:
         with children_end_with_us():  # SIGTERM stops the cell as Ctrl-C does; it resumes on the next run
             for cell in cells:
                 finished(cell, *run_cell(cell_job(sweep, cell)))
         return
-    threads = job_threads(len(cells), workers, available_cores())
+    # A cell's threads follow from its place in the whole sweep, not among the cells left: a rerun after a kill
+    # computes each cell as the uninterrupted sweep would have (bf16 sums depend on the thread count).
+    every = job_threads(len(sweep.cells), min(jobs, len(sweep.cells)), available_cores())
+    threads = dict(zip((c.name for c in sweep.cells), every))
     context = get_context("spawn")
+    workers = min(jobs, len(cells))
     with ProcessPoolExecutor(workers, context, _start_worker, (os.getpid(),)) as pool, children_end_with_us():
-        started = {pool.submit(run_cell, cell_job(sweep, cell, n)): cell for cell, n in zip(cells, threads)}
+        started = {pool.submit(run_cell, cell_job(sweep, cell, threads[cell.name])): cell for cell in cells}
         for future in as_completed(started):
             cell = started[future]
             try:
