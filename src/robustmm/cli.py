@@ -1,5 +1,5 @@
-"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `report`, `bench`, `methods`,
-`check-method` and `data`."""
+"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `report`, `sweep`, `bench`,
+`methods`, `check-method` and `data`."""
 
 from __future__ import annotations
 
@@ -418,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list the registered methods")
     methods.add_argument("--options", action="store_true", help="also list each method's options and defaults")
     methods.set_defaults(func=_methods, loads_models=False)
+
+    from .sweep.command import add_sweep_parser
+
+    add_sweep_parser(commands)
 
     add_data_parser(commands)
     add_import_option(parser)

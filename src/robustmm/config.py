@@ -294,8 +294,6 @@ def load_config(
     """The run config from a YAML file or shipped name (optional), then `(key, value, origin)` overrides in
     order. Errors name the file or the override that caused them. With `import_code` (a config the user gives
     to train), its `imports` are imported first; without (a stored run's), an unknown method's error names them."""
-    from .registry import UnknownNameError, import_modules, unknown_code_message
-
     raw, where = {}, "command line"
     if source is not None:
         text, where = config_source(source)
@@ -307,6 +305,16 @@ def load_config(
             raise ConfigError(f"{where}: {error}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: expected a mapping of sections, got {type(raw).__name__}")
+    return config_from_raw(raw, overrides, where, import_code)
+
+
+def config_from_raw(
+    raw: dict, overrides: list[tuple[str, Any, str]] = (), where: str = "command line", import_code: bool = True
+) -> RunConfig:
+    """The run config from an already read mapping of sections (changed in place by the overrides); errors name
+    `where` it came from. `import_code` as in `load_config`."""
+    from .registry import UnknownNameError, import_modules, unknown_code_message
+
     for key, value, origin in overrides:
         apply_override(raw, key, value, origin)
     try:

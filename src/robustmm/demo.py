@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import tempfile
 import threading
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write, atomic_write_text, check_output_folder
 from .checks import check_field_types, load_json
 from .children import children_end_with_us, end_with_parent
+from .cores import available_cores, job_threads
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
 from .registry import METHODS, build_model, get_method, outside_modules
@@ -222,21 +222,6 @@ def _run_in_worker(method: str, seed: int, threads: int) -> list[dict]:
     return train_and_score(
         _WORKER["config"], _WORKER["data"], method, seed, _WORKER["steps"].put, save_to=_WORKER["save_to"]
     )
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def job_threads(jobs: int, workers: int, cores: int) -> list[int]:
-    """Threads of each job: the cores split evenly between the workers, except in the last, partial round (9
-    runs on 2 workers: the 9th runs alone), whose runs share the cores that the idle workers leave. A job's
-    thread count depends only on its place in the list, so a demo gives the same figures every time."""
-    threads = [max(1, cores // workers)] * jobs
-    last_round = jobs % workers
-    for index in range(jobs - last_round, jobs):
-        threads[index] = max(1, cores // last_round)
-    return threads
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:

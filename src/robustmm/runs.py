@@ -236,15 +236,23 @@ def run_lock(run_dir: Path):
         yield
 
 
+def checked_config(config: RunConfig, train_split, log=print) -> RunConfig:
+    """The resolved `config` as its run stores it (the dataset's metrics and modality names filled in, other
+    methods' options left out), checked against the dataset: what `robustmm train` and a sweep check first."""
+    config = resolve(config)
+    if config.train.metrics is None:
+        config = replace(config, train=replace(config.train, metrics=dataset_metrics(train_split)))
+    config = without_other_methods_options(bind_to_dataset(config, train_split.modalities), log)
+    check_before_training(config, train_split)
+    return config
+
+
 def train_run(config: RunConfig, log=print) -> Path:
     """Train the run `config` describes into its directory (resuming it if it was interrupted); returns it."""
     config = resolve(config)
     splits = {split: open_split(config.dataset, split) for split in SPLITS}
-    if config.train.metrics is None:
-        config = replace(config, train=replace(config.train, metrics=dataset_metrics(splits["train"])))
-    config = without_other_methods_options(bind_to_dataset(config, splits["train"].modalities), log)
+    config = checked_config(config, splits["train"], log)
     run_dir = Path(config.out)
-    check_before_training(config, splits["train"])
     writer = is_global_zero()
     if writer and check_run_dir(run_dir, config):
         log(f"{run_dir} is complete; its metrics are in {run_dir / 'metrics.json'}")
