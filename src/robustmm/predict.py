@@ -206,6 +206,23 @@ def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
     return path, None
 
 
+def load_predictor(model_or_run, calibration=None, calibrate: bool = True, precision: str = "auto"):
+    """(model, temperatures per availability pattern, concrete precision), as `predict_file` and `robustmm serve`
+    predict: `model_or_run` and `calibration` as in `predict_file`."""
+    from .precision import resolve_precision
+    from .registry import load_model
+
+    if isinstance(model_or_run, (str, Path)):
+        model_dir, found = resolve_model_dir(Path(model_or_run))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(model_dir).to(device)
+    else:
+        model, found = model_or_run, None
+    calibration = calibration if calibration is not None else found
+    temperatures = temperatures_of(calibration) if calibrate and calibration is not None else {}
+    return model, temperatures, resolve_precision(precision, announce=False)
+
+
 def predict_file(
     model_or_run, input_path: str | Path, out: str | Path, *, calibration=None, calibrate: bool = True,
     allow_outside: bool = False, batch_size: int = 32, precision: str = "auto", log=print,
@@ -215,21 +232,10 @@ def predict_file(
     `model_or_run`: a run directory, a saved model folder or a model. `calibration`: a file written by
     `robustmm calibrate` or the `fit_temperatures` result; by default a run directory's own file is used, and
     `calibrate=False` applies none."""
-    from .precision import resolve_precision
-    from .registry import load_model
-
     input_path, out = Path(input_path), Path(out)
     if out.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a .csv or .jsonl file name")
-    if isinstance(model_or_run, (str, Path)):
-        model_dir, found = resolve_model_dir(Path(model_or_run))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(model_dir).to(device)
-    else:
-        model, found = model_or_run, None
-    calibration = calibration if calibration is not None else found
-    temperatures = temperatures_of(calibration) if calibrate and calibration is not None else {}
-    precision = resolve_precision(precision, announce=False)
+    model, temperatures, precision = load_predictor(model_or_run, calibration, calibrate, precision)
     kinds = modality_kinds(model)
     cells = read_rows(input_path)
     named = {key for _, row in cells for key in row if key is not None}

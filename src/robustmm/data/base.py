@@ -125,18 +125,19 @@ def load_image(reference) -> Image.Image:
 
 
 def load_audio(reference) -> np.ndarray:
-    """A `.wav` file as a mono float32 waveform at 16 kHz, or a `.npy` array as stored (fbank or waveform)."""
+    """A `.wav` file (a path, or its bytes) as a mono float32 waveform at 16 kHz, or a `.npy` array as stored
+    (fbank or waveform)."""
     if isinstance(reference, np.ndarray):
         return reference.astype(np.float32)
-    path = Path(reference)
-    if path.suffix == ".npy":
-        return np.load(path).astype(np.float32)
-    if path.suffix != ".wav":
-        raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav or a precomputed fbank .npy")
+    source = io.BytesIO(reference) if isinstance(reference, (bytes, bytearray)) else Path(reference)
+    if isinstance(source, Path) and source.suffix == ".npy":
+        return np.load(source).astype(np.float32)
+    if isinstance(source, Path) and source.suffix != ".wav":
+        raise ValueError(f"unsupported audio format {source.suffix!r}: use .wav or a precomputed fbank .npy")
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
-    rate, samples = wavfile.read(path)
+    rate, samples = wavfile.read(source)
     if np.issubdtype(samples.dtype, np.integer):
         samples = samples / float(np.iinfo(samples.dtype).max)
     samples = np.asarray(samples, np.float32)
