@@ -136,17 +136,18 @@ class Gate:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = time.perf_counter()
+        started, method, path = time.perf_counter(), scope["method"], scope["path"]
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if re.fullmatch(r"[\w.-]{1,64}", given) else uuid.uuid4().hex[:12]
-        seen = {"status": "disconnected", "rows": "-", "modalities": "-"}
+        seen = {"status": "disconnected", "rows": "-", "modalities": "-", "batch": "-"}
 
         async def reply(message):
             if message["type"] == "http.response.start":
                 answer = dict(message.get("headers", []))
                 seen.update(status=message["status"], rows=answer.get(b"x-rows", b"-").decode(),
-                            modalities=answer.get(b"x-modalities", b"-").decode())
+                            modalities=answer.get(b"x-modalities", b"-").decode(),
+                            batch=answer.get(b"x-batch", b"-").decode())
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
@@ -165,9 +166,8 @@ class Gate:
             await JSONResponse({"detail": refusal.detail}, refusal.status, headers=extra)(scope, receive, reply)
         finally:
             milliseconds = (time.perf_counter() - started) * 1000
-            log.info("request %s %s %s status %s rows %s modalities %s latency %.1f ms", request_id,
-                     scope and scope["method"], scope and scope["path"], seen["status"], seen["rows"],
-                     seen["modalities"], milliseconds)
+            log.info("request %s %s %s status %s rows %s modalities %s batch %s latency %.1f ms", request_id,
+                     method, path, seen["status"], seen["rows"], seen["modalities"], seen["batch"], milliseconds)
 
     def authorized(self, headers: dict) -> bool:
         import hmac
@@ -329,15 +329,16 @@ class ModelAPI(ls.LitAPI):
         records = predict_rows(self.model, [row for rows in requests for row in rows], self.temperatures,
                                self.max_batch_size, self.precision)
         answers = []
-        for rows in requests:
-            answers.append([{k: v for k, v in r.items() if k != "line"} for r in records[: len(rows)]])
+        for rows in requests:  # each request's records, and how many requests were predicted together
+            answers.append(([{k: v for k, v in r.items() if k != "line"} for r in records[: len(rows)]], len(requests)))
             records = records[len(rows) :]
         return answers[0] if self.max_batch_size == 1 else answers
 
-    def encode_response(self, records):
+    def encode_response(self, answer):
         from fastapi.responses import JSONResponse
 
-        return JSONResponse({"rows": records}, headers={"x-rows": str(len(records)),
+        records, batch = answer
+        return JSONResponse({"rows": records}, headers={"x-rows": str(len(records)), "x-batch": str(batch),
                                                         "x-modalities": modality_counts(records)})
 
 
