@@ -357,7 +357,7 @@ def build_server(model_or_run, *, max_batch_size: int = 32, batch_timeout_ms: fl
     api = ModelAPI(max_batch_size=max_batch_size, batch_timeout=batch_timeout_ms / 1000, api_path="/predict")
     api.source, api.workers, api.max_pixels = (model_or_run, calibrate, precision), workers, max_pixels
     api.parent = os.getpid()
-    server = ls.LitServer(api, accelerator="auto", workers_per_device=workers, restart_workers=True, timeout=60,
+    server = ls.LitServer(api, accelerator="auto", workers_per_device=workers, restart_workers=True, timeout=60, fast_queue=True,
                           middlewares=[(Gate, {"kinds": info["modalities"], "max_bytes": int(max_request_mb * 2**20),
                                                "api_key": api_key})])
     server.uvicorn_graceful_timeout = GRACEFUL_SECONDS
