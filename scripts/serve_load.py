@@ -39,7 +39,30 @@ def request_bodies(rows_file: Path, kinds: dict[str, str], rows_per_request: int
             for start in range(0, len(rows), rows_per_request)]
 
 
-async def level(url: str, bodies: list[bytes], clients: int, requests: int, headers: dict) -> dict:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by a process and all its descendants (Linux /proc), to tell the server's own cost
+    from the machine's load."""
+    if pid is None:
+        return 0.0
+    children, total = {}, 0.0
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append((int(entry.name), fields))
+    todo, ticks = [pid], os.sysconf("SC_CLK_TCK")
+    own = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total += (int(own[11]) + int(own[12])) / ticks
+    while todo:
+        for child, fields in children.get(todo.pop(), []):
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            todo.append(child)
+    return total
+
+
+async def level(url: str, bodies: list[bytes], clients: int, requests: int, headers: dict,
+                server_pid: int | None = None) -> dict:
     import httpx
 
     latencies, failures, rows = [], 0, 0
@@ -62,13 +85,14 @@ async def level(url: str, bodies: list[bytes], clients: int, requests: int, head
         latencies.clear()
         rows = failures = 0
         pending = iter(range(requests))
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(server_pid)
         await asyncio.gather(*(client(session, pending) for _ in range(clients)))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return {"clients": clients, "requests": requests, "rows": rows, "failed": failures, "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1), "p50_ms": round(cuts[49] * 1000, 1),
-            "p95_ms": round(cuts[94] * 1000, 1), "p99_ms": round(cuts[98] * 1000, 1)}
+            "p95_ms": round(cuts[94] * 1000, 1), "p99_ms": round(cuts[98] * 1000, 1),
+            **({"server_cpu_ms_per_row": round(cpu * 1000 / rows, 2)} if server_pid and rows else {})}
 
 
 def offline_single_row(run: str, rows_file: Path, repeats: int, precision: str) -> dict:
@@ -96,6 +120,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400, help="requests per level (bounded load)")
     parser.add_argument("--rows-per-request", type=int, default=1)
     parser.add_argument("--api-key-env", metavar="VAR", help="send 'Authorization: Bearer <the value of VAR>'")
+    parser.add_argument("--server-pid", type=int, help="also report the CPU time the server's processes spent")
     parser.add_argument("--label", default="", help="added to each JSON line (the server's settings)")
     parser.add_argument("--offline", metavar="RUN_DIR", help="instead: predict's time of one row, in-process")
     parser.add_argument("--precision", default="auto", help="with --offline")
@@ -111,7 +136,7 @@ def main() -> None:
     info = httpx.get(f"{args.url}/info", headers=headers, timeout=30).json()
     bodies = request_bodies(args.rows, info["modalities"], args.rows_per_request)
     for clients in map(int, args.clients.split(",")):
-        figures = asyncio.run(level(args.url, bodies, clients, args.requests, headers))
+        figures = asyncio.run(level(args.url, bodies, clients, args.requests, headers, args.server_pid))
         print(json.dumps({"label": args.label, "precision": info["precision"], **figures}), flush=True)
 
 

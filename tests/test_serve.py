@@ -474,3 +474,28 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(servers):
     assert reply.startswith(b"HTTP/1.1 200") and b'"id":"in flight"' in reply
     assert server.process.wait(60) == 0
     assert not alive(children)
+
+
+def test_sounds_and_video_frames_arrive_as_bytes_too(tmp_path):
+    """A .wav's bytes become the waveform `load_audio` reads from the file; a video is an array of frames, each
+    an image's bytes (checked for pixels like an image)."""
+    import numpy as np
+    from layouts import write_wav
+
+    from robustmm.data.base import load_audio
+    from robustmm.serve import Refusal, ServedRowReader, request_rows
+
+    kinds = {"sound": "audio", "clip": "video"}
+    wav = write_wav(tmp_path / "a.wav", 1)
+    frames = [b64(write_image(tmp_path / f"f{n}.png", n).read_bytes()) for n in range(3)]
+    cells = {"id": "v", "sound": b64(wav.read_bytes()), "clip": frames}
+    assert request_rows({"rows": [cells]}, kinds) == [cells]
+    row = ServedRowReader(kinds)("rows[0]", cells, 0)
+    assert row.error is None and np.array_equal(row.sample["sound"], load_audio(wav))
+    assert [frame.size for frame in row.sample["clip"]] == [(8, 8)] * 3
+    bad = ServedRowReader(kinds, max_pixels=10)("rows[0]", {"clip": frames[:1], "sound": b64(b"RIFF")}, 0)
+    assert "cannot read audio sound" in bad.error
+    bad = ServedRowReader(kinds, max_pixels=10)("rows[0]", {"clip": frames[:1]}, 0)
+    assert "clip frame 0: 8x8 pixels is over the limit of 10" in bad.error
+    with pytest.raises(Refusal, match=r"rows\[0\].clip: expected the file's bytes in base64, as a string or an array"):
+        request_rows({"rows": [{"clip": [1]}]}, kinds)

@@ -149,7 +149,10 @@ def _predict(args) -> None:
 
 
 def _serve(args) -> None:
-    from .serve import serve
+    try:
+        from .serve import serve
+    except ModuleNotFoundError as error:  # the serve extra is not installed
+        raise SystemExit(f"robustmm serve: {error}; install the serve extra: pip install 'robustmm[serve]'") from None
 
     serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, max_batch_size=args.max_batch_size,
           batch_timeout_ms=args.batch_timeout_ms, workers=args.workers, max_request_mb=args.max_request_mb,
@@ -324,8 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     served.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run directory or a saved model folder")
     served.add_argument("--host", default="127.0.0.1", help="address to bind: 127.0.0.1 (default), 0.0.0.0 or ::")
     served.add_argument("--port", type=int, default=8000)
-    served.add_argument("--max-batch-size", type=int, default=32, help="requests predicted together (and rows "
-                        "per forward pass)")
+    served.add_argument("--max-batch-size", type=int, default=32, help="requests predicted together")
     served.add_argument("--batch-timeout-ms", type=float, default=10, help="longest wait for a batch to fill")
     served.add_argument("--workers", type=int, default=1, help="inference worker processes, each with the model")
     served.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <the value of VAR>'")

@@ -18,7 +18,8 @@ What LitServe 0.2 does not do as this server needs, and what is added here:
 - It installs no SIGTERM handler in its main process, which SIGTERM therefore ends at once, leaving its API
   servers and workers behind. Here SIGTERM first lets the API servers (uvicorn) finish the requests in flight
   while the workers still answer, then shuts LitServe down as on Ctrl+C: the process exits 0.
-- Its child processes outlive a parent killed with SIGKILL; each here asks Linux to end it with its parent.
+- Nothing ends its child processes when the parent is killed with SIGKILL (which no handler sees); each here
+  asks Linux to end it with its parent.
 - Its `/` and `/info` say only "litserve running" and the server's settings; here `/` is a page to try the
   model and `/info` describes the model.
 """
@@ -327,7 +328,7 @@ class ModelAPI(ls.LitAPI):
     def predict(self, requests):
         requests = [requests] if self.max_batch_size == 1 else requests  # LitServe does not batch at size 1
         records = predict_rows(self.model, [row for rows in requests for row in rows], self.temperatures,
-                               self.max_batch_size, self.precision)
+                               precision=self.precision)  # in forward passes of predict's batch size
         answers = []
         for rows in requests:  # each request's records, and how many requests were predicted together
             answers.append(([{k: v for k, v in r.items() if k != "line"} for r in records[: len(rows)]], len(requests)))
