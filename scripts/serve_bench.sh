@@ -66,7 +66,8 @@ mkdir -p results
   for setting in "1 10" "8 10" "32 0" "32 2" "32 50"; do
     read -r size timeout <<< "$setting"
     serve env -- --max-batch-size "$size" --batch-timeout-ms "$timeout"
-    load "native --max-batch-size $size --batch-timeout-ms $timeout" 1,32 400
+    load "native --max-batch-size $size --batch-timeout-ms $timeout" 1 100
+    load "native --max-batch-size $size --batch-timeout-ms $timeout" 32 400
     stop
   done
   echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -78,6 +78,13 @@ def raw_reply(raw: socket.socket) -> bytes:
     return reply
 
 
+def ended(pids, seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not alive(pids)
+
+
 class Server:
     """`robustmm serve` in a child process, its log in a file; `stop()` ends it and all its children."""
 
@@ -450,10 +457,7 @@ def test_it_binds_loopback_by_default_and_its_children_end_with_a_killed_parent(
     assert len(children) >= 4  # LitServe's manager, the API server, two workers
     server.process.kill()
     server.process.wait(30)
-    deadline = time.monotonic() + 20
-    while alive(children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not alive(children)
+    assert ended(children)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{server.url}/health", timeout=2)
 
@@ -473,7 +477,7 @@ def test_sigterm_drains_the_request_in_flight_and_exits_0(servers):
         reply = raw_reply(raw)
     assert reply.startswith(b"HTTP/1.1 200") and b'"id":"in flight"' in reply
     assert server.process.wait(60) == 0
-    assert not alive(children)
+    assert ended(children)
 
 
 def test_sounds_and_video_frames_arrive_as_bytes_too(tmp_path):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ctypes
+import hmac
 import io
 import json
 import logging
@@ -118,7 +119,10 @@ async def form_rows(scope, body: bytes, kinds: dict[str, str]) -> list[dict]:
         if isinstance(value, UploadFile):
             data = await value.read()
             if kinds.get(key) == "text":
-                value = data.decode("utf-8", errors="replace")
+                try:
+                    value = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise Refusal(422, f"{key}: the text file is not UTF-8; re-save it as UTF-8") from None
             else:
                 value = base64.b64encode(data).decode() if data else None
         if kinds.get(key) == "video" and value is not None:
@@ -171,8 +175,6 @@ class Gate:
                      method, path, seen["status"], seen["rows"], seen["modalities"], seen["batch"], milliseconds)
 
     def authorized(self, headers: dict) -> bool:
-        import hmac
-
         given = headers.get(b"authorization", b"").decode("latin-1")
         return hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode())
 
