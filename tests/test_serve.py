@@ -503,3 +503,10 @@ def test_sounds_and_video_frames_arrive_as_bytes_too(tmp_path):
     assert "clip frame 0: 8x8 pixels is over the limit of 10" in bad.error
     with pytest.raises(Refusal, match=r"rows\[0\].clip: expected the file's bytes in base64, as a string or an array"):
         request_rows({"rows": [{"clip": [1]}]}, kinds)
+
+
+def test_a_batch_timeout_of_0_is_refused_before_loading():
+    from robustmm.serve import build_server
+
+    with pytest.raises(ValueError, match="--batch-timeout-ms must be above 0"):
+        build_server("/nonexistent", batch_timeout_ms=0)

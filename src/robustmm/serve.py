@@ -351,6 +351,9 @@ def build_server(model_or_run, *, max_batch_size: int = 32, batch_timeout_ms: fl
     """The LitServer of a run directory or saved model folder, with the page and `/info` of the model."""
     from fastapi.responses import HTMLResponse, JSONResponse
 
+    if max_batch_size > 1 and batch_timeout_ms <= 0:
+        raise ValueError("--batch-timeout-ms must be above 0: at 0 LitServe's worker polls its queue without pause, "
+                         "a busy loop through its queue manager (BENCHMARKS.md); 1 ms hardly waits")
     model, temperatures, precision = load_predictor(model_or_run, None, calibrate, precision)
     settings = {"max_batch_size": max_batch_size, "batch_timeout_ms": batch_timeout_ms, "workers": workers,
                 "max_request_mb": max_request_mb, "max_pixels": max_pixels, "api_key_required": bool(api_key)}
