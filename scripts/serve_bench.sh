@@ -63,7 +63,7 @@ mkdir -p results
     load "$variant default (32, 10 ms)" 32 800
     stop
   done
-  for setting in "1 10" "8 10" "32 0" "32 2" "32 50"; do
+  for setting in "1 10" "8 10" "32 1" "32 2" "32 50"; do
     read -r size timeout <<< "$setting"
     serve env -- --max-batch-size "$size" --batch-timeout-ms "$timeout"
     load "native --max-batch-size $size --batch-timeout-ms $timeout" 1 100
