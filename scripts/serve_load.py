@@ -67,26 +67,26 @@ async def level(url: str, bodies: list[bytes], clients: int, requests: int, head
 
     latencies, failures, rows = [], 0, 0
 
-    async def client(session, pending):
+    async def client(http, pending):
         nonlocal failures, rows
         for number in pending:
             body = bodies[number % len(bodies)]
             start = time.perf_counter()
-            answer = await session.post("/predict", content=body, headers=headers)
+            answer = await http.post("/predict", content=body, headers=headers)
             latencies.append(time.perf_counter() - start)
             records = answer.json().get("rows", []) if answer.status_code == 200 else []
             failures += answer.status_code != 200 or any("error" in record for record in records)
             rows += len(records)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as session:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
         warm_up = iter(range(2 * clients))  # connections opened and the worker warm: not counted
-        await asyncio.gather(*(client(session, warm_up) for _ in range(clients)))
+        await asyncio.gather(*(client(http, warm_up) for _ in range(clients)))
         latencies.clear()
         rows = failures = 0
         pending = iter(range(requests))
         start, cpu = time.perf_counter(), cpu_seconds(server_pid)
-        await asyncio.gather(*(client(session, pending) for _ in range(clients)))
+        await asyncio.gather(*(client(http, pending) for _ in range(clients)))
         seconds, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return {"clients": clients, "requests": requests, "rows": rows, "failed": failures, "seconds": round(seconds, 3),
