@@ -21,6 +21,7 @@ run "${AVX2[@]}" bash scripts/demo.sh --no-progress --out results/demo-avx2 2>&1
 run "${AVX2[@]}" bash scripts/demo.sh --quick --no-progress 2>&1 | tee results/demo-quick-avx2.txt
 run "${AVX2[@]}" bash scripts/test.sh -q -p no:cacheprovider --durations=15 2>&1 | tee results/tests-avx2.txt
 run bash scripts/predict_throughput.sh
+run bash scripts/serve_bench.sh
 
 # Eq. 4's denominator, the paper's ablations in miniature, fusion normalisation
 run .venv/bin/python scripts/eq4_denominator_curve.py --out results/eq4-denominator | tee results/eq4-denominator.txt

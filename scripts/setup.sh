@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv (once) and install robustmm with its test, demo and slurm extras into it. Idempotent: a venv already set
-# up for this pyproject.toml and TORCH_SPEC is left as it is (the stamp in .venv/ records what it was set up for).
+# Create .venv (once) and install robustmm with its test, demo, slurm and serve extras into it. Idempotent: a venv
+# already set up for this pyproject.toml and TORCH_SPEC is left as it is (the stamp in .venv/ records what it was set up for).
 # TORCH_SPEC picks the PyTorch build; the default is the CPU build that the tests and the demo need.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,5 +16,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-.venv/bin/python -m pip install --quiet -e ".[test,demo,slurm]"
+.venv/bin/python -m pip install --quiet -e ".[test,demo,slurm,serve]"
 echo "$WANTED" > "$STAMP"

@@ -72,19 +72,19 @@ def end_with_parent(parent_pid: int, cleanup=lambda: None) -> None:
             os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, leave)
-    if not _ask_for_death_signal():
+    if not ask_for_death_signal():
         threading.Thread(target=_watch, args=(parent_pid, leave), daemon=True).start()
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         leave()
 
 
-def _ask_for_death_signal() -> bool:
-    """Linux: SIGTERM to this process when its parent dies. False where the OS has no such request."""
+def ask_for_death_signal(signum: int = signal.SIGTERM) -> bool:
+    """Linux: `signum` to this process when its parent dies. False where the OS has no such request."""
     if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        return libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 

@@ -1,5 +1,5 @@
-"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `report`, `sweep`, `bench`,
-`methods`, `check-method` and `data`."""
+"""The `robustmm` command line: `demo`, `train`, `evaluate`, `calibrate`, `predict`, `serve`, `report`, `sweep`,
+`bench`, `methods`, `check-method` and `data`."""
 
 from __future__ import annotations
 
@@ -186,6 +186,17 @@ def _predict(args) -> None:
     )
     if summary["bad"]:
         raise SystemExit(1)
+
+
+def _serve(args) -> None:
+    try:
+        from .serve import serve
+    except ModuleNotFoundError as error:  # the serve extra is not installed
+        raise SystemExit(f"robustmm serve: {error}; install the serve extra: pip install 'robustmm[serve]'") from None
+
+    serve(args.model, host=args.host, port=args.port, api_key_env=args.api_key_env, max_batch_size=args.max_batch_size,
+          batch_timeout_ms=args.batch_timeout_ms, workers=args.workers, max_request_mb=args.max_request_mb,
+          precision=args.precision, calibrate=args.calibrate)
 
 
 def _check_method(args) -> None:
@@ -385,6 +396,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a predictions file")
     predict.add_argument("--precision", default="auto", help=PRECISION_HELP)
     predict.set_defaults(func=_predict)
+
+    served = commands.add_parser(
+        "serve", help="answer HTTP requests (POST /predict, a page at /) with the model, any modalities per row",
+        description="Serve a run's model over HTTP with LitServe: POST /predict takes {\"rows\": [{\"id\": ..., "
+        "MODALITY: a text or a file's bytes in base64}]} or a multipart form, and answers each row as `robustmm "
+        "predict` does; GET / is a page to try it, /health, /info and /docs (OpenAPI). SIGTERM drains the requests "
+        "in flight.",
+    )
+    served.add_argument("model", metavar="MODEL_OR_RUN_DIR", help="a run directory or a saved model folder")
+    served.add_argument("--host", default="127.0.0.1", help="address to bind: 127.0.0.1 (default), 0.0.0.0 or ::")
+    served.add_argument("--port", type=int, default=8000)
+    served.add_argument("--max-batch-size", type=int, default=32, help="requests predicted together")
+    served.add_argument("--batch-timeout-ms", type=float, default=10, help="longest wait for a batch to fill")
+    served.add_argument("--workers", type=int, default=1, help="inference worker processes, each with the model")
+    served.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer <the value of VAR>'")
+    served.add_argument("--max-request-mb", type=float, default=16, help="larger bodies get 413")
+    served.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    served.add_argument("--no-calibration", dest="calibrate", action="store_false", help="apply no temperature")
+    served.set_defaults(func=_serve)
 
     report = commands.add_parser(
         "report", help="one self-contained HTML page (and markdown, PNGs, JSON/CSV tables) from finished runs",

@@ -247,6 +247,23 @@ def is_predictions_file(path: Path) -> bool:
     return isinstance(record, dict) and {"line", "id", "modalities"} <= set(record)
 
 
+def load_predictor(model_or_run, calibration=None, calibrate: bool = True, precision: str = "auto"):
+    """(model, temperatures per availability pattern, concrete precision), as `predict_file` and `robustmm serve`
+    predict: `model_or_run` and `calibration` as in `predict_file`."""
+    from .precision import resolve_precision
+    from .registry import load_model
+
+    if isinstance(model_or_run, (str, Path)):
+        model_dir, found = resolve_model_dir(Path(model_or_run))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(model_dir).to(device)
+    else:
+        model, found = model_or_run, None
+    calibration = calibration if calibration is not None else found
+    temperatures = temperatures_of(calibration, model.modalities) if calibrate and calibration is not None else {}
+    return model, temperatures, resolve_precision(precision, announce=False)
+
+
 def predict_file(
     model_or_run, input_path: str | Path, out: str | Path, *, calibration=None, calibrate: bool = True,
     allow_outside: bool = False, batch_size: int = 32, precision: str = "auto", max_pixels: int = MAX_PIXELS,
@@ -258,9 +275,6 @@ def predict_file(
     `robustmm calibrate` or the `fit_temperatures` result; by default a run directory's own file is used, and
     `calibrate=False` applies none. `out` may not be one of the files read, and an existing file there is
     replaced only if it holds earlier predictions, or with `overwrite`."""
-    from .precision import resolve_precision
-    from .registry import load_model
-
     input_path, out = Path(input_path), Path(out)
     for name, value in (("batch_size", batch_size), ("max_pixels", max_pixels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -268,17 +282,10 @@ def predict_file(
     if out.suffix not in INPUT_SUFFIXES:
         raise ValueError(f"--out {out}: expected a .csv or .jsonl file name")
     model_dir, found = resolve_model_dir(Path(model_or_run)) if isinstance(model_or_run, (str, Path)) else (None, None)
-    calibration = calibration if calibration is not None else found
-    reads = [input_path, model_dir, calibration if isinstance(calibration, (str, Path)) else None]
-    check_not_an_input(out, reads)
+    given = calibration if calibration is not None else found
+    check_not_an_input(out, [input_path, model_dir, given if isinstance(given, (str, Path)) else None])
     check_replaceable(out, overwrite, is_predictions_file, "a predictions file")
-    if model_dir is not None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(model_dir).to(device)
-    else:
-        model = model_or_run
-    temperatures = temperatures_of(calibration, model.modalities) if calibrate and calibration is not None else {}
-    precision = resolve_precision(precision, announce=False)
+    model, temperatures, precision = load_predictor(model_or_run, calibration, calibrate, precision)
     kinds = modality_kinds(model)
     cells = read_rows(input_path)
     named = {key for _, row in cells for key in row if key is not None}

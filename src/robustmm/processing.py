@@ -70,6 +70,10 @@ def media_file(path):
         yield handle
 
 
+class TooManyPixels(ValueError):
+    """An image whose header declares more than `max_pixels` pixels: refused before it is decoded."""
+
+
 def read_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An image file (a path to a regular file, `media_file`) or image bytes as 8-bit RGB. Its size is read from
     the header first: more than `max_pixels` pixels is an error, before anything is decoded."""
@@ -82,7 +86,7 @@ def read_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = stack.enter_context(Image.open(handle))
         if image.width * image.height > max_pixels:
-            raise ValueError(
+            raise TooManyPixels(
                 f"{image.width}x{image.height} pixels, more than max_pixels ({max_pixels:,}); resize the image, or "
                 "raise max_pixels if it is meant to be this large"
             )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import re
 import struct
 from collections import Counter
@@ -131,19 +132,23 @@ def load_image(reference, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 
 def load_audio(reference) -> np.ndarray:
-    """A `.wav` file as a mono float32 waveform at 16 kHz, or a `.npy` array as stored (fbank or waveform)."""
+    """A `.wav` file (a path, or its bytes) as a mono float32 waveform at 16 kHz, or a `.npy` array as stored
+    (fbank or waveform)."""
     if isinstance(reference, np.ndarray):
         return reference.astype(np.float32)
-    path = Path(reference)
-    if path.suffix not in (".npy", ".wav"):
-        raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav or a precomputed fbank .npy")
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
-    with media_file(path) as handle:
-        if path.suffix == ".npy":
-            return np.load(handle).astype(np.float32)
-        rate, samples = wavfile.read(handle)
+    if isinstance(reference, (bytes, bytearray)):  # a .wav file's bytes, as `robustmm serve` receives them
+        rate, samples = wavfile.read(io.BytesIO(reference))
+    else:
+        path = Path(reference)
+        if path.suffix not in (".npy", ".wav"):
+            raise ValueError(f"unsupported audio format {path.suffix!r}: use .wav or a precomputed fbank .npy")
+        with media_file(path) as handle:
+            if path.suffix == ".npy":
+                return np.load(handle).astype(np.float32)
+            rate, samples = wavfile.read(handle)
     if np.issubdtype(samples.dtype, np.integer):
         samples = samples / float(np.iinfo(samples.dtype).max)
     samples = np.asarray(samples, np.float32)

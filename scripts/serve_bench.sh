@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Load on `robustmm serve` with the walk-through's model (`robustmm data example`, its `train` and `calibrate`),
+# next to `robustmm predict` on the same rows: rows/s and p50/p95/p99 latency at 1, 8 and 32 concurrent clients
+# (one row a request), natively and with the kernels capped at AVX2, precision auto; then, natively, the effect
+# of --max-batch-size and --batch-timeout-ms. Bounded: a fixed number of requests per level, 127.0.0.1 only.
+# Writes results/serve-load.txt (one JSON line per level).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+WORK=$(mktemp -d)
+SERVER=
+trap '[ -n "$SERVER" ] && kill -TERM "$SERVER" 2>/dev/null; wait; rm -rf "$WORK"' EXIT
+AVX2=(env ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2)
+PORT=${PORT:-8123}
+.venv/bin/robustmm data example "$WORK/data" > /dev/null
+.venv/bin/robustmm train --dataset generic --root "$WORK/data" --image-encoder "$WORK/data/encoders/image" \
+  --text-encoder "$WORK/data/encoders/text" --epochs 3 --batch-size 16 --lr 1e-2 --out "$WORK/run" --no-progress \
+  > /dev/null 2>&1
+.venv/bin/robustmm calibrate "$WORK/run" > /dev/null
+.venv/bin/python - "$WORK/data" <<'PY'
+import csv, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+rows = list(csv.DictReader(open(folder / "test.csv")))
+with open(folder / "load.csv", "w", newline="") as handle:
+    writer = csv.writer(handle)
+    writer.writerow(["id", "photo", "caption"])
+    for n in range(1200):
+        row = rows[n % len(rows)]
+        writer.writerow([f"r{n}", row["photo"], row["caption"]])
+PY
+
+serve() {  # serve PREFIX... -- OPTIONS...: start the server, wait for /health
+  local prefix=()
+  while [ "$1" != "--" ]; do prefix+=("$1"); shift; done; shift
+  "${prefix[@]}" .venv/bin/robustmm serve "$WORK/run" --port "$PORT" "$@" > "$WORK/serve.log" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 300); do
+    curl -sf -m 2 "127.0.0.1:$PORT/health" > /dev/null && return 0
+    sleep 1
+  done
+  echo "the server did not start"; tail -20 "$WORK/serve.log"; exit 1
+}
+stop() { kill -TERM "$SERVER"; wait "$SERVER"; SERVER=; }
+load() {  # load LABEL CLIENTS REQUESTS
+  .venv/bin/python scripts/serve_load.py "http://127.0.0.1:$PORT" --rows "$WORK/data/load.csv" --clients "$2" \
+    --requests "$3" --server-pid "$SERVER" --label "$1"
+}
+
+mkdir -p results
+{
+  echo "cpu flags: $(grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+  echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+  for variant in native avx2; do
+    prefix=(env); [ "$variant" = avx2 ] && prefix=("${AVX2[@]}")
+    echo -n "$variant predict: "
+    "${prefix[@]}" .venv/bin/robustmm predict "$WORK/run" --input "$WORK/data/load.csv" --out "$WORK/p.csv" 2>&1 | tail -1
+    "${prefix[@]}" .venv/bin/python scripts/serve_load.py --offline "$WORK/run" --rows "$WORK/data/load.csv" \
+      --label "$variant one row offline" 2> /dev/null | tail -1
+    serve "${prefix[@]}" --
+    load "$variant default (32, 10 ms)" 1 200
+    load "$variant default (32, 10 ms)" 8 400
+    load "$variant default (32, 10 ms)" 32 800
+    stop
+  done
+  for setting in "1 10" "8 10" "32 1" "32 2" "32 50"; do
+    read -r size timeout <<< "$setting"
+    serve env -- --max-batch-size "$size" --batch-timeout-ms "$timeout"
+    load "native --max-batch-size $size --batch-timeout-ms $timeout" 1 100
+    load "native --max-batch-size $size --batch-timeout-ms $timeout" 32 400
+    stop
+  done
+  echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee results/serve-load.txt
