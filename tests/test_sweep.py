@@ -367,9 +367,9 @@ def test_a_cell_of_the_shipped_demo_sweep_scores_what_the_demo_scores(tmp_path):
     overrides = [f"model.encoders.{m}={paths[m]}" for m in ("image", "text")] + ["train.epochs=1"]
     overrides += [f"dataset.options.{key}={value}" for key, value in sizes.items()] + [f"dataset.root={tmp_path}"]
     sweep = load_sweep("demo", overrides, str(tmp_path / "sweep"))
-    assert [cell.name for cell in sweep.cells][:4] == ["method=baseline,seed=0", "method=baseline,seed=1",
-                                                       "method=baseline,seed=2", "method=dropout,seed=0"]
-    cell = next(cell for cell in sweep.cells if cell.name == "method=cmpt,seed=1")
+    assert [cell.name for cell in sweep.cells][:4] == ["seed=0,method=baseline", "seed=0,method=dropout",
+                                                       "seed=0,method=cmpt", "seed=1,method=baseline"]
+    cell = next(cell for cell in sweep.cells if cell.name == "seed=1,method=cmpt")
     scored = json.loads((train_and_evaluate(cell.config, log=lambda *_: None) / "evaluation.json").read_text())
     config = DemoConfig(seeds=[1], methods=["cmpt"], epochs=1, precision=resolve_precision("auto"), **sizes)
     demo = train_and_score(config, make_data(config), "cmpt", 1, lambda steps: None)

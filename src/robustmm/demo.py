@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import tempfile
 import threading
@@ -204,7 +205,8 @@ def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: i
 
     scratch = tempfile.mkdtemp(prefix="robustmm-demo-worker-")
     tempfile.tempdir = scratch
-    remove = Finalize(None, shutil.rmtree, (scratch,), {"ignore_errors": True}, exitpriority=0)  # at a normal exit
+    # At a normal exit, after multiprocessing has removed its own temporary folder (priority -100) from inside it
+    remove = Finalize(None, shutil.rmtree, (scratch,), {"ignore_errors": True}, exitpriority=-101)
     end_with_parent(parent_pid, cleanup=remove)
     import_modules(modules)
     quiet_libraries()
