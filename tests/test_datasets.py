@@ -48,7 +48,9 @@ def edit_row(path, line: int, old: str, new: str):
 
 
 def test_every_reader_is_registered_with_its_metrics():
-    assert list_datasets() == ["ave", "crema_d", "food101", "generic", "hateful_memes", "kinetics_sounds", "mmimdb"]
+    assert list_datasets() == [
+        "ave", "crema_d", "food101", "generic", "hateful_memes", "kinetics_sounds", "mmimdb", "synthetic",
+    ]
     from robustmm.data import get_dataset_class
 
     metrics = {name: get_dataset_class(name).metrics for name in list_datasets()}

@@ -129,7 +129,7 @@ def test_every_shipped_sweep_expands_to_every_method_and_the_readme_shows_exampl
         assert name in listed
         sweep = load_sweep(name, check=False)  # the paper's datasets are not here: keys, types and methods only
         methods = {cell.config.model.method for cell in sweep.cells}
-        assert methods == set(METHODS.names()) or name == "example", name
+        assert methods == set(METHODS.names()) or name in ("example", "demo"), name
     assert {"table1_map", "table2_missing", "fig2_rates", "table2_tuned"} <= set(shipped_sweeps())
     assert load_sweep("table2_tuned", check=False).select.over == ["train.lr"]
     assert load_sweep("table1_map", check=False).cells[0].config.evaluation.scenarios[0] == "grid"
@@ -353,3 +353,26 @@ def test_without_slurm_the_slurm_executor_says_so(write_sweep, tmp_path, monkeyp
     path = write_sweep(tmp_path / "none.yaml", {"train.seed": [0]})
     assert "no SLURM on this machine (sbatch, srun, sacct not on PATH)" in error_of(
         ["sweep", str(path), "--executor", "slurm"], capsys)
+
+
+def test_a_cell_of_the_shipped_demo_sweep_scores_what_the_demo_scores(tmp_path):
+    """The same data, settings, validation patterns and model selection: the same accuracies, to the last bit."""
+    from robustmm.data.synthetic import demo_encoder_paths
+    from robustmm.demo import DemoConfig, make_data, train_and_score
+    from robustmm.precision import resolve_precision
+    from robustmm.sweep.cell import train_and_evaluate
+
+    sizes = dict(train_size=48, val_size=30, test_size=40)
+    paths = demo_encoder_paths()
+    overrides = [f"model.encoders.{m}={paths[m]}" for m in ("image", "text")] + ["train.epochs=1"]
+    overrides += [f"dataset.options.{key}={value}" for key, value in sizes.items()] + [f"dataset.root={tmp_path}"]
+    sweep = load_sweep("demo", overrides, str(tmp_path / "sweep"))
+    assert [cell.name for cell in sweep.cells][:4] == ["seed=0,method=baseline", "seed=0,method=dropout",
+                                                       "seed=0,method=cmpt", "seed=1,method=baseline"]
+    cell = next(cell for cell in sweep.cells if cell.name == "seed=1,method=cmpt")
+    scored = json.loads((train_and_evaluate(cell.config, log=lambda *_: None) / "evaluation.json").read_text())
+    config = DemoConfig(seeds=[1], methods=["cmpt"], epochs=1, precision=resolve_precision("auto"), **sizes)
+    demo = train_and_score(config, make_data(config), "cmpt", 1, lambda steps: None)
+    assert {row["name"]: row["metrics"]["accuracy"] for row in scored["scenarios"]} == {
+        row["scenario"]: row["accuracy"] for row in demo
+    }

@@ -175,3 +175,46 @@ def test_check_not_above_bayes():
     assert check_not_above_bayes(0.8 + 2 * se, 1000, 0.8)
     assert not check_not_above_bayes(0.8 + 4 * se, 1000, 0.8)
     assert check_not_above_bayes(0.5, 1000, 0.8)
+
+
+# -- the `synthetic` dataset: the benchmark as a reader that configs and sweeps name ----------------------------
+
+SMALL = dict(train_size=6, val_size=14, test_size=5)
+
+
+def test_the_synthetic_dataset_reads_exactly_the_samples_the_demo_renders(tmp_path):
+    from robustmm.data import get_dataset
+    from robustmm.demo import DemoConfig, make_data
+
+    demo = make_data(DemoConfig(modalities=list(MODALITIES), **SMALL))
+    for split in ("train", "val", "test"):
+        dataset = get_dataset("synthetic", tmp_path, split, modalities="image,text,audio", **SMALL)
+        assert dataset.class_names == tuple(demo.class_names)
+        for ours, theirs in zip([dataset[i] for i in range(len(dataset))], getattr(demo, split), strict=True):
+            assert (ours["id"], ours["label"], ours["text"]) == (theirs["id"], theirs["label"], theirs["text"])
+            for modality in ("image", "audio"):  # PNG and float32 .npy: lossless; None where validation lacks it
+                if theirs[modality] is None:
+                    assert ours[modality] is None
+                else:
+                    assert np.asarray(ours[modality]).tobytes() == np.asarray(theirs[modality]).tobytes()
+    availability = get_dataset("synthetic", tmp_path, "val", modalities="image,text,audio", **SMALL).real_availability()
+    assert len({tuple(row) for row in availability.tolist()}) == 7  # every availability pattern in validation
+
+
+def test_the_rendered_copy_is_keyed_by_every_setting_and_reused_as_is(tmp_path):
+    from robustmm.data import get_dataset
+
+    first = get_dataset("synthetic", tmp_path, "test", **SMALL).root
+    stamp = (first / "test.jsonl").stat().st_mtime_ns
+    assert get_dataset("synthetic", tmp_path, "train", **SMALL).root == first
+    assert (first / "test.jsonl").stat().st_mtime_ns == stamp  # read, not rendered again
+    others = [dict(SMALL, seed=1), dict(SMALL, test_size=6), dict(SMALL, val_patterns="complete"),
+              dict(SMALL, atypical=0.2), dict(SMALL, modalities=["image", "audio"])]
+    roots = {get_dataset("synthetic", tmp_path, "test", **options).root for options in others}
+    assert len(roots) == len(others) and first not in roots
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in roots | {first})  # no scratch left
+    assert get_dataset("synthetic", tmp_path, "val", **dict(SMALL, val_patterns="complete")).real_availability().all()
+    with pytest.raises(ValueError, match="val_patterns must be one of mixed, complete, got 'some'"):
+        get_dataset("synthetic", tmp_path, "val", val_patterns="some")
+    with pytest.raises(ValueError, match="train_size must be a positive integer, got 0"):
+        get_dataset("synthetic", tmp_path, "val", **dict(SMALL, train_size=0))

@@ -19,6 +19,7 @@ DATASETS = Registry(
             "hateful_memes": "HatefulMemes",
             "kinetics_sounds": "KineticsSounds",
             "mmimdb": "MMIMDb",
+            "synthetic": "Synthetic",
         }.items()
     },
 )
