@@ -408,7 +408,7 @@ def scenario_logits(
     and the labels, in the order of `samples`, from one encoding pass (`MultimodalModel.logits_by_availability`).
     Batches go from the longest text to the shortest, which pads least."""
     model.eval()
-    device = model.head.weight.device
+    device = model.device
     loader = make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers, group_by_length=True)
     order = torch.as_tensor(list(loader.sampler), dtype=torch.long)
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in scenarios}

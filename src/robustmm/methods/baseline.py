@@ -58,7 +58,7 @@ class PlaceholderFusion(MultimodalModel):
         return {**inputs, key: torch.full_like(inputs[key], 1.0 if choice == "ones" else 0.0)}
 
     def fuse(self, features: Features, visible) -> torch.Tensor:
-        device = self.head.weight.device
+        device = self.device
         fused = 0
         for modality in self.modalities:
             shown = visible[modality].unsqueeze(-1)
