@@ -28,9 +28,18 @@ def _methods(args) -> None:
         for option, (_, default) in options.items():
             print(f"    {option} = {default!r}")
 
+    def departures(cls) -> None:
+        if cls.departures is None:
+            print("  no source: a reference point of robustmm's")
+            return
+        print("  where its defaults depart from its source (and the option that restores it):")
+        for departure in cls.departures:
+            print(f"    - {departure}")
+
     for name in METHODS.names():
         print(f"{name:<10} {METHODS.summary(name)}")
         if args.options:
+            departures(METHODS.get(name))
             show(METHODS.get(name).own_option_fields())
     print("plug-ins, on any method (e.g. --option mwam=true):")
     for name in PLUGINS.names():
@@ -38,6 +47,7 @@ def _methods(args) -> None:
         if args.options:
             from .model import plugin_option_fields
 
+            departures(PLUGINS.get(name))
             show({k: v for k, v in plugin_option_fields(name).items() if k != name})
 
 

@@ -165,6 +165,17 @@ class TrainingHooks:
     def on_train_batch_end(self, output: "ModelOutput") -> None:
         """After each training step, with its output (e.g. to update feature banks)."""
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Once per optimizer step, after every micro-batch's backward pass, before the parameters change (e.g. to
+        scale a parameter group's learning rate for this step)."""
+
+    def on_after_optimizer_step(self, optimizer) -> None:
+        """Once per optimizer step, after the parameters changed (e.g. to undo a per-step learning-rate scale)."""
+
+    def training_logs(self) -> dict[str, float]:
+        """Values to log after `on_before_optimizer_step`, as `train/<name>`."""
+        return {}
+
 
 class Plugin(TrainingHooks, nn.Module):
     """An addition to any method (`ModelConfig.plugins`): its own config class, losses and training hooks.
@@ -172,6 +183,8 @@ class Plugin(TrainingHooks, nn.Module):
 
     plugin: str = ""
     config_class: type = object
+    departures: tuple[str, ...] | None = None
+    """As `MultimodalModel.departures`."""
 
     def __init__(self, model: "MultimodalModel", config):
         super().__init__()
@@ -190,9 +203,9 @@ class MultimodalModel(TrainingHooks, nn.Module):
 
     method: str = ""
     config_class: type[ModelConfig] = ModelConfig
-    departures: tuple[str, ...] = ()
+    departures: tuple[str, ...] | None = None
     """Where the method's defaults depart from its source, each with the option that restores the source's
-    setting (`robustmm methods --options` prints them)."""
+    setting (`robustmm methods --options` prints them); None for a method without a source."""
     encodes_by_availability: bool = False
     """True where a modality's encoding depends on which other modalities the sample has (MAP's and REP's
     prompts): scenario evaluation then runs one forward pass per scenario instead of one encoding pass for all."""
@@ -269,6 +282,18 @@ class MultimodalModel(TrainingHooks, nn.Module):
         groups = [{"params": rest}]
         if own:
             groups.append({"params": own, "lr": lr * self.config.module_lr_scale})
+        return groups
+
+    def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """`param_groups`, each split by the modality its parameters belong to (`modality_parameters`; the group
+        records it as `"modality"`), so that a plug-in can scale one modality's learning rate (MWAM)."""
+        owner = {id(p): m for m in self.modalities for p in self.modality_parameters(m)}
+        groups = []
+        for group in self.param_groups(lr, weight_decay):
+            for modality in (*self.modalities, None):
+                params = [p for p in group["params"] if owner.get(id(p)) == modality]
+                if params:
+                    groups.append({**group, "params": params, **({"modality": modality} if modality else {})})
         return groups
 
     # ----- shared machinery ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Training and evaluation with `lightning` and `torchmetrics`.
 
-Defaults are the paper's (Table 6): AdamW (eps 1e-8, weight decay 0.02), a polynomial schedule of power 0.9
+Defaults are the paper's (Table 6): AdamW (eps 1e-8, weight decay 0.02; `optimizer="sgd"` with momentum 0.9 is
+MWAM's host optimizer), a polynomial schedule of power 0.9
 after warm-up epochs at 0.1x the learning rate. Checkpoints hold only what training changes (adapters, proxies,
 head) plus optimizer and schedule state, so they stay small with billion-parameter encoders, are written
 atomically (`AtomicCheckpointIO`), and a run started again in the same directory resumes from `last.ckpt`. The
@@ -31,6 +32,7 @@ from .precision import resolve_precision
 
 
 WARMUP_METHODS = ("linear", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -40,6 +42,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.02
     adam_eps: float = 1e-8
+    optimizer: str = "adamw"
+    """`adamw` (CMPT's, MAP's and REP's) or `sgd` with `momentum` (MWAM's host: SGD, momentum 0.9)."""
+    momentum: float = 0.9
+    """SGD only."""
     warmup_epochs: float = 5
     """Epochs at the start whose learning rate is `warmup_factor` times `lr` (paper: 5 of 10). A warm-up that
     does not end before training does (the default with 5 epochs or fewer) is shortened to half of training,
@@ -73,6 +79,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.warmup_method not in WARMUP_METHODS:
             raise ValueError(f"warmup_method must be one of {', '.join(WARMUP_METHODS)}, got {self.warmup_method!r}")
         if self.warmup_epochs < 0:
@@ -149,6 +159,18 @@ class LitClassifier(L.LightningModule):
         for part in self.model.hooks():
             part.on_after_backward()
 
+    def on_before_optimizer_step(self, optimizer):
+        """Once per optimizer step, whatever `accumulate_grad_batches` is (MWAM decides K here)."""
+        for part in self.model.hooks():
+            part.on_before_optimizer_step(optimizer)
+            for name, value in part.training_logs().items():
+                self.log(f"train/{name}", value)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        for part in self.model.hooks():
+            part.on_after_optimizer_step(getattr(optimizer, "optimizer", optimizer))
+
     def on_train_batch_end(self, outputs, batch, batch_index):
         output, self._last_output = self._last_output, None
         for part in self.model.hooks():
@@ -169,8 +191,11 @@ class LitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.config
-        groups = self.model.param_groups(c.lr, c.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        groups = self.model.optimizer_groups(c.lr, c.weight_decay)
+        if c.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         total = self.trainer.estimated_stepping_batches
         warmup = math.floor(total * c.warmup_epochs / c.epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(

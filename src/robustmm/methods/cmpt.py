@@ -128,6 +128,7 @@ class CMPT(MultimodalModel):
     """Cross-modal proxy tokens: a missing modality's class token is approximated from the available ones."""
 
     config_class = CMPTConfig
+    departures = ("eq. 4's denominator left out (align_denominator=paper: as written; the shipped paper configs)",)
 
     def build(self) -> None:
         """One proxy token per other modality in front of each encoder's CLS (eq. 2), N(0, 0.02^2)."""

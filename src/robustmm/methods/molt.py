@@ -313,6 +313,13 @@ class MoLT(MultimodalModel):
     """Robust latent representation tuning: per-layer latent translation, MFB and a fusion Transformer."""
 
     config_class = MoLTConfig
+    departures = (
+        "only the abstract was read: FBP read as MFB, the fusion Transformer and L_CCA's form are reconstructions",
+        "states layer-normalised before the projection (normalize_states=false: as written)",
+        "L_CCA on deep CCA's 16-wide output layer with a relative ridge (cca_size=null, cca_ridge_relative=false: "
+        "the latents with r I)",
+        "its modules train at 0.1x the run's lr: 1e-4, the reconstruction's rate, under lr 1e-3",
+    )
 
     def build(self) -> None:
         c = self.config
