@@ -45,8 +45,6 @@ POOLING_BY_MODEL_TYPE = {
     "siglip": "sequence_pooler",
     "siglip_vision_model": "sequence_pooler",
     "beit": "sequence_pooler",
-    "clip_vision_model": "class_token_norm",
-    "clip": "class_token_norm",
     "audio-spectrogram-transformer": "class_and_distillation",
     "deit": "class_and_distillation",
 }
@@ -56,10 +54,10 @@ POOLING_BY_MODEL_TYPE = {
 - `last_token_head`: SigLIP's text tower, its head on the last position (SigLIP's `pooler_output`).
 - `sequence_pooler`: the family's pooling module over the sequence (SigLIP vision: its attention-pooling head;
   BEiT: the LayerNorm of the mean patch token), as its `pooler_output`.
-- `class_token_norm`: CLIP's vision tower, its final norm on the class token (CLIP's `pooler_output`).
 - `class_and_distillation`: the mean of the class and distillation tokens (AST's `pooler_output`; DeiT's
   classifier with teacher averages the two tokens' predictions).
-- `class_token` (every other family): the class token's final state. BERT-style models and ViT have a pooler
+- `cls` (every other family): the class token's final state, through CLIP's vision tower's final norm there
+  (CLIP's `pooler_output`). BERT-style models and ViT have a pooler
   (dense + tanh) that BERT pretrained for next-sentence prediction and that the classifiers of ViT do not use;
   CMPT reads the class token itself, so the pooler is left out. Dinov2's `pooler_output` is this token."""
 
@@ -236,7 +234,7 @@ class ModalityEncoder(nn.Module):
         backbone = load_backbone(config.name_or_path, self.kind)
         self.model_type = backbone.config.model_type
         self.hidden_size = backbone.config.hidden_size
-        self.pooling = POOLING_BY_MODEL_TYPE.get(self.model_type, "class_token")
+        self.pooling = POOLING_BY_MODEL_TYPE.get(self.model_type, "cls")
         self.backbone = attach_adapter(backbone, adapter, config.target_modules, name=modality)
         self.trained_backbone = self._train_backbone_modules(train_backbone)
         """Names (in the model's `named_parameters`) of the backbone parameters trained by `train_backbone`."""
@@ -386,11 +384,11 @@ class ModalityEncoder(nn.Module):
             cls = (base.head if hasattr(base, "head") else base.pooler)(sequence)
         elif self.pooling == "class_and_distillation":
             cls = (sequence[:, 0] + sequence[:, 1]) / 2
-        elif self.pooling == "class_token_norm":
-            # CLIP's vision tower leaves its final norm to the pooled token; apply it to CLS and prefix alike.
-            cls, front = base.post_layernorm(sequence[:, 0]), base.post_layernorm(front)
         else:
             cls = sequence[:, 0]
+            # CLIP's vision tower leaves its final norm to the pooled token; apply it to CLS and prefix alike.
+            if hasattr(base, "post_layernorm") and self.model_type.startswith("clip"):
+                cls, front = base.post_layernorm(cls), base.post_layernorm(front)
         prefix, start = {}, 0
         for name, count in self._segments:
             prefix[name] = front[:, start : start + count]
