@@ -95,7 +95,9 @@ class MissingAwarePrompts(PlaceholderFusion):
         "the pooler starts from random weights (MAP: ViLT's pretrained pooler); head=linear drops pooler and MLP",
         "modality_dropout=leave_one_out trains the missing-pattern prompts on complete data (MAP: none, "
         "training on the protocol's missing data)",
-        "prompts, pooler and head train at the run's lr (MAP: 1e-2, batch 256, 20 epochs; set train.lr)",
+        "prompts, pooler and head train at the run's lr (MAP: 1e-2, batch 256, 20 epochs: the paper configs' "
+        "by_method.map)",
+        "a missing image is a black image (placeholder=ones: MAP's code)",
     )
 
     def build_head(self) -> nn.Module:

@@ -66,7 +66,7 @@ is one):
   which here would make a sample's prompts depend on the longest text of its batch). Their queries are fixed as in
   the code (which draws them anew at each start; here they are saved with the model), or trained
   (`train_dynamic_queries`).
-- `module_lr_scale` (0.1): see the option. The code trains everything at 1e-2 (AdamW, betas 0.9/0.98, weight
+- Learning rate: REP's modules train at 0.1x the run's learning rate (`module_lr_scale`, see the option). The code trains everything at 1e-2 (AdamW, betas 0.9/0.98, weight
   decay 2e-2, batch 256 by accumulation, 20 epochs, 10% warm-up then linear decay); the shipped MAP-protocol
   configs give REP those settings, with `module_lr_scale: 1`.
 - Training patterns: the code trains on the protocol's missing data (70% missing). Where the training data is
