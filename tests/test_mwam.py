@@ -204,3 +204,35 @@ def test_options_are_checked(tiny_encoders):
         two_branches(tiny_encoders, mwam=True, mwam_mode="both")
     with pytest.raises(ValueError, match="mwam_mode set without the plug-in: add mwam=true"):
         two_branches(tiny_encoders, mwam_mode="loss")
+
+
+def _rank_weights(rank, world, encoder, init, out):
+    """One DDP rank: its own samples, then one optimizer step's K (written for the parent to compare)."""
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = robustmm.build_model("baseline", encoders={"photo": encoder, "sketch": encoder}, num_classes=2,
+                                     mwam=True, mwam_mode="gradient").train()
+        samples = branch_samples(4) if rank == 0 else label_from_one_branch(4)
+        model(model.collate(samples))
+        model.plugins["mwam"].update()
+        torch.save(model.plugins["mwam"].weights.clone(), f"{out}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_every_ddp_rank_decides_the_same_k_from_the_statistics_of_all_ranks(tiny_encoders, tmp_path):
+    import torch.multiprocessing as mp
+
+    init = f"file://{tmp_path}/rendezvous"
+    mp.start_processes(_rank_weights, args=(2, tiny_encoders["image"], init, str(tmp_path)), nprocs=2,
+                       start_method="fork")  # forked: the ranks need not import the libraries again
+    first, second = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    torch.testing.assert_close(first, second)
+    alone = {}
+    for rank, samples in enumerate((branch_samples(4), label_from_one_branch(4))):  # without the reduction
+        model = two_branches(tiny_encoders, mwam=True, mwam_mode="gradient").train()
+        model(model.collate(samples))
+        model.plugins["mwam"].update()
+        alone[rank] = model.plugins["mwam"].weights.clone()
+    assert not torch.allclose(alone[0], alone[1])

@@ -416,7 +416,7 @@ class MoLT(MultimodalModel):
         width = self.config.cca_size or self.config.latent_size
         pairs = [int((present[a] & present[b]).sum()) for a, b in itertools.combinations(self.modalities, 2)]
         most = max(pairs)
-        if self._warned_small_batch or most < 2 or most > width:
+        if self._warned_small_batch or not self.training or most < 2 or most > width:
             return
         self._warned_small_batch = True
         option = "cca_size" if self.config.cca_size is not None else "latent_size"
