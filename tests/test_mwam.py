@@ -133,7 +133,8 @@ def test_where_one_modality_decides_the_label_its_k_is_below_one_and_the_others_
                    progress_bar=False, callbacks=[Logs()])
     photo, sketch = model.plugins["mwam"].weights.tolist()
     assert photo < 1 < sketch
-    assert logged["train/mwam_k_photo"] == pytest.approx(photo) and logged["train/mwam_k_sketch"] == pytest.approx(sketch)
+    assert logged["train/mwam_k_photo"] == pytest.approx(photo)
+    assert logged["train/mwam_k_sketch"] == pytest.approx(sketch)
     assert logged["train/mwam_ratio_photo"] > logged["train/mwam_ratio_sketch"]
 
 

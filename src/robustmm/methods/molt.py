@@ -187,7 +187,8 @@ def canonical_correlation_sum(
         def whitening(x: torch.Tensor) -> torch.Tensor:
             covariance = scale * x.mT @ x
             eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-            strength = ridge * covariance.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None] if relative_ridge else ridge
+            variance = covariance.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+            strength = ridge * variance if relative_ridge else ridge
             return torch.linalg.cholesky(covariance + (strength + torch.finfo(x.dtype).tiny) * eye)
 
         whiten_a, whiten_b = whitening(a), whitening(b)

@@ -30,6 +30,9 @@ When K is decided and how it acts, where the paper's host (SGD, momentum 0.9, on
   Adam, which divides a constant gradient scale out. `gradient` multiplies the step's accumulated gradients, the
   paper's edit as written (`TrainConfig.optimizer="sgd"` with `momentum` 0.9 is the paper's host optimizer).
 - Logged per optimizer step: `train/mwam_k_<modality>` and `train/mwam_ratio_<modality>` (T_m).
+- Learning rate: the auxiliary heads train at the run's learning rate. The paper's host (MMANet on CASIA-SURF)
+  trains with SGD, lr 1e-3, momentum 0.9, weight decay 5e-4, batches of 64, 100 epochs: `--set
+  train.optimizer=sgd` and those values (the plug-in has no config of its own to ship them in).
 
 Choices where the source is silent (the paper applies FRM to image-like inputs only), each an option:
 - How FRM reads each kind. Image: the processed pixel values. Video: every frame's pixel values. Text: the

@@ -66,17 +66,19 @@ is one):
   which here would make a sample's prompts depend on the longest text of its batch). Their queries are fixed as in
   the code (which draws them anew at each start; here they are saved with the model), or trained
   (`train_dynamic_queries`).
-- Learning rate: REP's modules train at 0.1x the run's learning rate (`module_lr_scale`, see the option). The code trains everything at 1e-2 (AdamW, betas 0.9/0.98, weight
-  decay 2e-2, batch 256 by accumulation, 20 epochs, 10% warm-up then linear decay); the shipped MAP-protocol
-  configs give REP those settings, with `module_lr_scale: 1`.
+- Learning rate: REP's modules train at 0.1x the run's learning rate (`module_lr_scale`, see the option). The
+  code trains everything at 1e-2 (AdamW, betas 0.9/0.98, weight decay 2e-2, batch 256 by accumulation, 20
+  epochs, 10% warm-up then linear decay); the shipped image-text paper configs give REP those settings
+  (`by_method.rep`, with `module_lr_scale: 1`).
 - Training patterns: the code trains on the protocol's missing data (70% missing). Where the training data is
   complete (the demo), the missing copies and the pattern buffers would never be trained, so `modality_dropout`
   defaults to `leave_one_out`; `none` trains on the data as given.
 - Frozen encoders, as in the code (`adapter="none"`), whose final LayerNorms train (`train_backbone`: CLIP's
   `final_layer_norm` and `post_layernorm`, the code's ln_final and ln_post; ViT's, AST's and Dinov2's final
   `layernorm`; BERT-style towers end without one). The code's projections (CLIP's text and visual `proj`) are not
-  part of the towers robustmm loads, so the features are read before them. Optimiser groups: no weight decay on biases, LayerNorm weights, the gate a, gamma and the replay
-  weights w (every parameter of at most one dimension), as the code excludes biases and LayerNorms.
+  part of the towers robustmm loads, so the features are read before them. Optimiser groups: no weight decay on
+  biases, LayerNorm weights, the gate a, gamma and the replay weights w (every parameter of at most one dimension),
+  as the code excludes biases and LayerNorms.
 """
 
 from __future__ import annotations
