@@ -6,7 +6,8 @@ set of its case, so that the frozen transformer is told which modalities it is m
 the transformer, the text and token-type embeddings; trained: the prompts, ViLT's pooler and the head
 `Linear(d, 2d)-LayerNorm-GELU-Linear(2d, C)`. Here the encoders are frozen alike (`adapter="none"`, the
 default), and the head is the pooler (`Linear(d, d)`, tanh) on the fused feature, then MAP's head
-(`head="map"`). Its configs: prompt length 16, prompts in the first 6 layers (`prompt_layers: [0..5]`), learnable, `input` type by default.
+(`head="map"`). Its configs: prompt length 16, prompts in the first 6 layers (`prompt_layers: [0..5]`),
+learnable, `input` type by default.
 
 Here every encoder carries prompts, one set per availability pattern: 2^M - 1 patterns for M modalities
 (`availability_patterns`, complete first), `P[pattern, layer] in R^{length x d}` per encoder and layer
