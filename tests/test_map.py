@@ -106,3 +106,11 @@ def test_the_head_is_maps_pooler_then_mlp_and_encoders_are_frozen_with_the_plain
     assert isinstance(plain.head, torch.nn.Linear)
     with pytest.raises(ValueError, match="head must be one of map, linear"):
         robustmm.build_model("map", encoders=image_text, num_classes=3, head="mlp")
+
+
+def test_an_encoder_called_on_its_own_reads_the_prompts_of_its_modality_alone(image_text):
+    model = robustmm.build_model("map", encoders=image_text, num_classes=3, prompt_depth=1, prompt_length=2).eval()
+    batch = model.collate([{"image": s["image"]} for s in make_samples(2)])
+    alone = model.encoders["image"](batch.inputs["image"]).cls  # as the report's attention maps call it
+    shown = {"image": torch.ones(2, dtype=torch.bool), "text": torch.zeros(2, dtype=torch.bool)}
+    torch.testing.assert_close(alone, model.encoders["image"](batch.inputs["image"], EncoderContext(shown)).cls)

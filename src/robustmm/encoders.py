@@ -159,12 +159,14 @@ class EncoderContext:
         return EncoderContext({m: a.repeat_interleave(times) for m, a in self.available.items()})
 
     def pattern_index(self, modalities: list[str]) -> torch.Tensor:
-        """[n] indices into `availability_patterns(modalities)`."""
+        """[n] indices into `availability_patterns(modalities)`; a modality the context does not mention counts as
+        missing (an encoder called on its own: its modality alone)."""
         patterns = availability_patterns(modalities)
         lookup = torch.zeros(2 ** len(modalities), dtype=torch.long)
         for index, pattern in enumerate(patterns):
             lookup[sum(1 << modalities.index(m) for m in pattern)] = index
-        codes = sum(self.available[m].long() << i for i, m in enumerate(modalities))
+        absent = torch.zeros(len(self), dtype=torch.bool, device=next(iter(self.available.values())).device)
+        codes = sum(self.available.get(m, absent).long() << i for i, m in enumerate(modalities))
         return lookup.to(codes.device)[codes]
 
 
