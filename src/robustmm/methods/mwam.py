@@ -163,8 +163,7 @@ def reduce_across_ranks(statistics: torch.Tensor) -> torch.Tensor:
 
 @PLUGINS.register("mwam")
 class MWAM(Plugin):
-    """Frequency-ratio modality weighting during training (per-step learning-rate or gradient scale, and/or
-    weighted auxiliary heads)."""
+    """Frequency-ratio modality weighting in training: a per-step scale of each modality's update, weighted heads."""
 
     config_class = MWAMConfig
     departures = (
