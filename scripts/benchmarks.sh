@@ -17,6 +17,11 @@ grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo | s
 run .venv/bin/robustmm bench --precision 32-true > results/bench.json
 run bash scripts/demo.sh --no-progress --out results/demo 2>&1 | tee results/demo.txt
 demo demo-all --methods all
+# The methods' source settings against robustmm's earlier ones: frozen encoders, MAP's head
+demo demo-map-adapter-lora --methods map --option adapter=lora
+demo demo-map-head-linear --methods map --option head=linear
+demo demo-rep-adapter-lora --methods rep --option adapter=lora --option "train_backbone=[]"
+demo demo-molt-adapter-lora --methods molt --option adapter=lora
 run "${AVX2[@]}" bash scripts/demo.sh --no-progress --out results/demo-avx2 2>&1 | tee results/demo-avx2.txt
 run "${AVX2[@]}" bash scripts/demo.sh --quick --no-progress 2>&1 | tee results/demo-quick-avx2.txt
 run "${AVX2[@]}" bash scripts/test.sh -q -p no:cacheprovider --durations=15 2>&1 | tee results/tests-avx2.txt

@@ -6,6 +6,7 @@ import pytest
 
 import robustmm
 from robustmm import contract
+from robustmm.contract import build, every_pattern
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,6 +32,37 @@ def test_scenario_logits_equal_a_plain_forward_pass(tiny_encoders, variant):
 def test_save_and_load_give_identical_logits_and_counts_add_up(tiny_encoders, variant, tmp_path):
     method, options = variant
     contract.check_save_and_load(method, tiny_encoders, tmp_path, **options)
+
+
+@pytest.mark.parametrize("method", robustmm.list_methods())
+def test_adapter_none_freezes_every_backbone_and_still_trains(tiny_encoders, method):
+    """No adapter parameters; the only trainable backbone parameters are the modules the method names."""
+    model = build(method, {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}, adapter="none")
+    assert not any("lora_" in name or "vera_" in name for name, _ in model.named_parameters())
+    for modality, encoder in model.encoders.items():
+        trained = {n for n, p in encoder.named_parameters() if p.requires_grad}
+        assert trained == encoder.trained_backbone
+        assert all(n.split(".")[-2] in ("layernorm", "final_layer_norm", "post_layernorm") for n in trained)
+    counts = model.trainable_parameter_counts()
+    assert not any(part.startswith("adapters.") for part in counts)
+    out = model.train()(model.collate(every_pattern(["image", "text"])))
+    out.loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_methods_list_where_their_defaults_depart_from_their_sources(capsys):
+    from robustmm.cli import main
+    from robustmm.registry import METHODS, PLUGINS
+
+    main(["methods", "--options"])
+    printed = capsys.readouterr().out
+    for name in ("map", "rep", "molt", "cmpt"):
+        assert METHODS.get(name).departures, name
+        assert all(departure in printed for departure in METHODS.get(name).departures)
+    assert PLUGINS.get("mwam").departures and all(d in printed for d in PLUGINS.get("mwam").departures)
+    assert METHODS.get("map").default_adapter().kind == "none" and METHODS.get("molt").default_adapter().kind == "none"
+    assert METHODS.get("cmpt").default_adapter().kind == "lora"  # CMPT's source adapts with rank-1 LoRA
 
 
 def test_a_copy_is_a_model_of_its_own_and_pickles(tiny_encoders, variant):

@@ -87,3 +87,30 @@ def test_prompts_start_apart_and_options_are_checked(image_text):
     with pytest.raises(ValueError, match="prompt_type must be one of input, attention"):
         robustmm.build_model("map", encoders=image_text, num_classes=3, prompt_type="deep")
     assert robustmm.build_model("map", encoders=image_text, num_classes=3).prompts["text"].shape[1] == 2  # clamped
+
+
+def test_the_head_is_maps_pooler_then_mlp_and_encoders_are_frozen_with_the_plain_head_an_option(image_text):
+    model = robustmm.build_model("map", encoders=image_text, num_classes=3, prompt_depth=1, prompt_length=2)
+    kinds = [type(layer) for layer in model.head]
+    nn = torch.nn
+    assert kinds == [nn.Linear, nn.Tanh, nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear]
+    d = 32
+    assert [(layer.in_features, layer.out_features) for layer in model.head if isinstance(layer, torch.nn.Linear)] == [
+        (d, d), (d, 2 * d), (2 * d, 3)
+    ]
+    counts = model.trainable_parameter_counts()
+    assert set(counts) == {"prompts", "head", "total_trainable", "total"}  # MAP's: prompts, pooler and head
+    out = model.train()(model.collate(make_samples(4)))
+    torch.testing.assert_close(out.logits, model.head(out.fused))
+    plain = robustmm.build_model("map", encoders=image_text, num_classes=3, prompt_depth=1, head="linear")
+    assert isinstance(plain.head, torch.nn.Linear)
+    with pytest.raises(ValueError, match="head must be one of map, linear"):
+        robustmm.build_model("map", encoders=image_text, num_classes=3, head="mlp")
+
+
+def test_an_encoder_called_on_its_own_reads_the_prompts_of_its_modality_alone(image_text):
+    model = robustmm.build_model("map", encoders=image_text, num_classes=3, prompt_depth=1, prompt_length=2).eval()
+    batch = model.collate([{"image": s["image"]} for s in make_samples(2)])
+    alone = model.encoders["image"](batch.inputs["image"]).cls  # as the report's attention maps call it
+    shown = {"image": torch.ones(2, dtype=torch.bool), "text": torch.zeros(2, dtype=torch.bool)}
+    torch.testing.assert_close(alone, model.encoders["image"](batch.inputs["image"], EncoderContext(shown)).cls)

@@ -1,6 +1,7 @@
 """MoLT: the correlation loss, MFB, mask tokens for absent modalities, scenario logits, saving and training."""
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -201,11 +202,12 @@ def test_trainable_parameters_per_part(tiny_encoders):
     transformer_layer = linear(dc, 3 * dc) + linear(dc, dc) + linear(dc, 4 * dc) + linear(4 * dc, dc) + 4 * dc
     assert counts["fusion"] == dc + (1 + layers + modalities) * dc + modalities * linear(d, dc) + transformer_layer
     assert counts["head"] == linear(dc, 3)
-    assert counts["adapters.image"] == counts["adapters.text"] == 2 * 4 * 64
+    assert counts["cca_outputs"] == layers * modalities * linear(dc, 16)
+    assert not any(part.startswith(("adapters.", "backbone.")) for part in counts)  # MoLT's encoders stay frozen
 
 
 def test_its_own_modules_train_at_a_scaled_learning_rate(tiny_encoders):
-    model = robustmm.build_model("molt", encoders=encoders_of(tiny_encoders, ("image", "text")), **TINY)
+    model = robustmm.build_model("molt", encoders=encoders_of(tiny_encoders, ("image", "text")), **TINY, adapter="lora")
     adapters_and_head, own = model.param_groups(lr=1e-2, weight_decay=0.02)  # module_lr_scale 0.1
     assert "lr" not in adapters_and_head and own["lr"] == pytest.approx(1e-3)
     counts = model.trainable_parameter_counts()
@@ -267,3 +269,27 @@ def test_a_few_steps_lower_the_loss_on_a_separable_task(tiny_encoders):
             model(batch).loss.backward()
             optimizer.step()
     assert mean_task_loss() < 0.5 * before
+
+
+def test_canonical_correlations_measure_correlation_within_the_rank_whatever_the_scale():
+    generator = torch.Generator().manual_seed(4)
+    a, noise = torch.randn(4000, 4, generator=generator), torch.randn(4000, 4, generator=generator)
+    assert canonical_correlation_sum(a, noise, 1e-3).item() < 0.2  # independent noise: near 0 of at most 4
+    assert canonical_correlation_sum(a, a.clone(), 1e-3).item() == pytest.approx(4.0, abs=0.01)  # the rank
+    for scale in (3.0, 10.0, 1e3):  # a relative ridge: inflating the features earns nothing
+        assert canonical_correlation_sum(scale * a, noise, 1e-3).item() == pytest.approx(
+            canonical_correlation_sum(a, noise, 1e-3).item(), rel=1e-6
+        )
+    few, unrelated = torch.randn(8, 256, generator=generator), torch.randn(8, 256, generator=generator)
+    for scale in (1.0, 3.0, 10.0):  # fewer samples than dimensions: never above the rank, n - 1 = 7
+        assert canonical_correlation_sum(scale * few, unrelated, 1e-3).item() <= 7.0 + 1e-9
+
+
+def test_a_batch_too_small_for_the_covariances_warns_once_saying_what_to_set(tiny_encoders):
+    model = robustmm.build_model("molt", encoders=encoders_of(tiny_encoders, ("image", "text")), **TINY)
+    small = model.collate(make_samples(6))
+    with pytest.warns(UserWarning, match="Set the batch size above 16, or cca_size below 6"):
+        model.train()(small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.train()(small)

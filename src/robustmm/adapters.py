@@ -6,6 +6,9 @@ expression that matches exactly those four projections inside numbered transform
 know (BERT-style `attention.self.query` / `attention.output.dense`; ViT, AST, CLIP and SigLIP `q_proj` ... `o_proj`
 / `out_proj`) and nothing else: not the MLP, not the BERT pooler, not SigLIP's attention-pooling head. A model
 whose names differ can pass its own `target_modules`.
+
+`none` puts no adapter on the encoder: it stays frozen, as MAP's and MoLT's sources keep their backbones, and only
+the modules a method names (`ModelConfig.train_backbone`) train besides the method's own.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ ATTENTION_PROJECTIONS = (
 )
 """Full-match pattern for the four attention projections of each transformer layer (peft uses `re.fullmatch`)."""
 
-ADAPTERS = ("lora", "dora", "vera")
+ADAPTERS = ("none", "lora", "dora", "vera")
 
 
 @dataclass
 class AdapterConfig:
-    """What adapter to put on every encoder. Defaults are the paper's (Table 6): LoRA, rank 1, alpha 1, dropout 0.1."""
+    """What adapter to put on every encoder. Defaults are the paper's (Table 6): LoRA, rank 1, alpha 1, dropout 0.1;
+    `kind="none"`: no adapter, the encoder frozen."""
 
     kind: str = "lora"
     rank: int = 1
@@ -85,14 +89,34 @@ def matched_modules(model: nn.Module, target_modules: str | list[str]) -> list[s
     ]
 
 
+class Unadapted(nn.Module):
+    """A frozen backbone without adapter, behind the two parts of peft's interface the encoders use: calling it
+    and `get_base_model()`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def get_base_model(self) -> nn.Module:
+        return self.model
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+
 def attach_adapter(
     backbone: nn.Module, config: AdapterConfig, target_modules: str | list[str] | None = None, name: str = "encoder"
-) -> peft.PeftModel:
-    """Freeze `backbone` and wrap it with the adapter on `target_modules` (default: attention projections).
+) -> peft.PeftModel | Unadapted:
+    """Freeze `backbone` and wrap it with the adapter on `target_modules` (default: attention projections), or,
+    for `kind="none"`, with no adapter at all.
 
     Raises a clear error when the targets match nothing, instead of training an unadapted encoder (peft's own
     silent-mismatch pitfall).
     """
+    if config.kind == "none":
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+        return Unadapted(backbone)
     targets = target_modules if target_modules is not None else ATTENTION_PROJECTIONS
     found = matched_modules(backbone, targets)
     if not found:

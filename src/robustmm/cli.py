@@ -32,9 +32,19 @@ def _methods(args) -> None:
         source = registry.source(name)
         return f" [outside: {source}]" if source else ""
 
+    def departures(cls) -> None:
+        if cls.departures is None:
+            print("  no published source to depart from" if cls.__module__.startswith("robustmm.")
+                  else "  departures from its source: none stated (the class's `departures`)")
+            return
+        print("  where its defaults depart from its source (and the option that restores it):")
+        for departure in cls.departures:
+            print(f"    - {departure}")
+
     for name in METHODS.names():
         print(f"{name:<10} {METHODS.summary(name)}{origin(METHODS, name)}")
         if args.options:
+            departures(METHODS.get(name))
             show(METHODS.get(name).own_option_fields())
     print("plug-ins, on any method (e.g. --option mwam=true):")
     for name in PLUGINS.names():
@@ -42,6 +52,7 @@ def _methods(args) -> None:
         if args.options:
             from .model import plugin_option_fields
 
+            departures(PLUGINS.get(name))
             show({k: v for k, v in plugin_option_fields(name).items() if k != name})
 
 

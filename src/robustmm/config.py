@@ -8,6 +8,7 @@ default. Values are converted to the declared types (`lr: 1e-3` is a float altho
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -315,6 +316,7 @@ def config_from_raw(
     `where` it came from. `import_code` as in `load_config`."""
     from .registry import UnknownNameError, import_modules, unknown_code_message
 
+    apply_method_settings(raw, overrides, where)
     for key, value, origin in overrides:
         apply_override(raw, key, value, origin)
     try:
@@ -329,6 +331,21 @@ def config_from_raw(
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error
     return config
+
+
+def apply_method_settings(raw: dict, overrides: Sequence[tuple[str, Any, str]], where: str) -> None:
+    """A config's `by_method.<method>`: dotted keys (`train.lr`, `model.options.module_lr_scale`) that apply when
+    the run's method, after the overrides, is that method: the paper configs give each method its source's
+    settings. They go in before the overrides, so that the command line still wins."""
+    settings = raw.pop("by_method", None) or {}
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(f"{where}: by_method must map method names to mappings of dotted keys")
+    probe = copy.deepcopy(raw)
+    for key, value, origin in overrides:
+        apply_override(probe, key, value, origin)
+    method = (probe.get("model") or {}).get("method", ModelSection.method)
+    for key, value in settings.get(method, {}).items():
+        apply_override(raw, key, value, f"{where}: by_method.{method}.{key}")
 
 
 def checked_model_options(section: ModelSection) -> dict[str, Any]:

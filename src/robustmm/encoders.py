@@ -41,8 +41,27 @@ KIND_BY_MODEL_TYPE = {
 }
 """Families whose modality kind can be inferred when the modality key is not itself a kind name."""
 
-POOLING_BY_MODEL_TYPE = {"siglip": "head", "siglip_vision_model": "head"}
-"""Families without a class token: their attention-pooling head over the non-proxy tokens stands in for CLS."""
+POOLING_BY_MODEL_TYPE = {
+    "clip_text_model": "end_token",
+    "siglip_text_model": "last_token_head",
+    "siglip": "sequence_pooler",
+    "siglip_vision_model": "sequence_pooler",
+    "beit": "sequence_pooler",
+    "audio-spectrogram-transformer": "class_and_distillation",
+    "deit": "class_and_distillation",
+}
+"""How each family pools its last layer into the class feature, read after the tokens methods insert in front:
+- `end_token`: CLIP's text tower, at its end-of-text token (CLIP's `pooler_output`; a causal tower's first token
+  never sees the text).
+- `last_token_head`: SigLIP's text tower, its head on the last position (SigLIP's `pooler_output`).
+- `sequence_pooler`: the family's pooling module over the sequence (SigLIP vision: its attention-pooling head;
+  BEiT: the LayerNorm of the mean patch token), as its `pooler_output`.
+- `class_and_distillation`: the mean of the class and distillation tokens (AST's `pooler_output`; DeiT's
+  classifier with teacher averages the two tokens' predictions).
+- `cls` (every other family): the class token's final state, through CLIP's vision tower's final norm there
+  (CLIP's `pooler_output`). BERT-style models and ViT have a pooler
+  (dense + tanh) that BERT pretrained for next-sentence prediction and that the classifiers of ViT do not use;
+  CMPT reads the class token itself, so the pooler is left out. Dinov2's `pooler_output` is this token."""
 
 TOWERS = {"text": "text_model", "image": "vision_model", "video": "vision_model"}
 """Attribute of the tower to keep when a dual-encoder checkpoint (CLIP, SigLIP) is loaded for one modality."""
@@ -151,12 +170,14 @@ class EncoderContext:
         return EncoderContext({m: a.repeat_interleave(times) for m, a in self.available.items()})
 
     def pattern_index(self, modalities: list[str]) -> torch.Tensor:
-        """[n] indices into `availability_patterns(modalities)`."""
+        """[n] indices into `availability_patterns(modalities)`; a modality the context does not mention counts as
+        missing (an encoder called on its own: its modality alone)."""
         patterns = availability_patterns(modalities)
         lookup = torch.zeros(2 ** len(modalities), dtype=torch.long)
         for index, pattern in enumerate(patterns):
             lookup[sum(1 << modalities.index(m) for m in pattern)] = index
-        codes = sum(self.available[m].long() << i for i, m in enumerate(modalities))
+        absent = torch.zeros(len(self), dtype=torch.bool, device=next(iter(self.available.values())).device)
+        codes = sum(self.available.get(m, absent).long() << i for i, m in enumerate(modalities))
         return lookup.to(codes.device)[codes]
 
 
@@ -196,6 +217,13 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"{type(model).__name__} has no list of {depth} layers to attach layer hooks to")
 
 
+def end_token_index(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[n] positions of each text's end-of-text token, found as CLIP's text model finds it for `pooler_output`."""
+    ids = inputs["input_ids"].to(torch.int)
+    eos = model.config.eos_token_id
+    return ids.argmax(-1) if eos == 2 else (ids == eos).int().argmax(-1)
+
+
 def pad_attention_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     """A layer's 4-D mask [B, 1, Q, K] widened in front to `length` keys, for tokens inserted at that layer: every
     query attends to them. A mask with a row per query gets rows for them too, copied from the first token's
@@ -212,7 +240,7 @@ def pad_attention_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor |
 class ModalityEncoder(nn.Module):
     """Encodes one modality: the final CLS feature plus what the method's extensions ask for."""
 
-    def __init__(self, modality: str, config: EncoderConfig, adapter: AdapterConfig):
+    def __init__(self, modality: str, config: EncoderConfig, adapter: AdapterConfig, train_backbone=()):
         super().__init__()
         self.modality = modality
         self.kind = config.resolve_kind(modality)
@@ -221,6 +249,8 @@ class ModalityEncoder(nn.Module):
         self.hidden_size = backbone.config.hidden_size
         self.pooling = POOLING_BY_MODEL_TYPE.get(self.model_type, "cls")
         self.backbone = attach_adapter(backbone, adapter, config.target_modules, name=modality)
+        self.trained_backbone = self._train_backbone_modules(train_backbone)
+        """Names (in the model's `named_parameters`) of the backbone parameters trained by `train_backbone`."""
         self.prefixes: list[TokenSegment] = []
         self.layer_edits: dict[int, list[LayerEdit]] = {}
         self.insertions: dict[int, list[TokenSegment]] = {}
@@ -233,6 +263,17 @@ class ModalityEncoder(nn.Module):
             layer.register_forward_hook(self._leave_layer(index))
         self.encoder_dropout = config.dropout
         self.train()
+
+    def _train_backbone_modules(self, names) -> set[str]:
+        """Unfreeze the backbone modules called `names` (a full name, or its last parts); return the names of their
+        parameters in this module's `named_parameters`, for the counts."""
+        unfrozen = set()
+        for module_name, module in self.backbone.get_base_model().named_modules():
+            if any(module_name == n or module_name.endswith("." + n) for n in names):
+                for parameter in module.parameters():
+                    parameter.requires_grad_(True)
+                    unfrozen.add(id(parameter))
+        return {name for name, parameter in self.named_parameters() if id(parameter) in unfrozen}
 
     # ----- extensions ------------------------------------------------------------------------------------------
 
@@ -347,15 +388,22 @@ class ModalityEncoder(nn.Module):
                     layer.train(mode)
         return self
 
-    def _read_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Split the last layer into the CLS feature [n, d] and the kept token segments."""
+    def _read_tokens(self, hidden: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Split the last layer into the class feature [n, d] (`POOLING_BY_MODEL_TYPE`) and the kept token
+        segments."""
         base = self.backbone.get_base_model()
         k = sum(count for _, count in self._segments)
-        front = hidden[:, :k]
-        if self.pooling == "head":
-            cls = base.head(hidden[:, k:])
+        front, sequence = hidden[:, :k], hidden[:, k:]
+        if self.pooling == "end_token":
+            cls = sequence[torch.arange(len(sequence), device=sequence.device), end_token_index(base, inputs)]
+        elif self.pooling == "last_token_head":
+            cls = base.head(sequence[:, -1])
+        elif self.pooling == "sequence_pooler":
+            cls = (base.head if hasattr(base, "head") else base.pooler)(sequence)
+        elif self.pooling == "class_and_distillation":
+            cls = (sequence[:, 0] + sequence[:, 1]) / 2
         else:
-            cls = hidden[:, k]
+            cls = sequence[:, 0]
             # CLIP's vision tower leaves its final norm to the pooled token; apply it to CLS and prefix alike.
             if hasattr(base, "post_layernorm") and self.model_type.startswith("clip"):
                 cls, front = base.post_layernorm(cls), base.post_layernorm(front)
@@ -384,7 +432,7 @@ class ModalityEncoder(nn.Module):
         self._context, self._segments = context, []
         try:
             result = self.backbone(**inputs, output_hidden_states=output_hidden_states)
-            cls, prefix = self._read_tokens(result.last_hidden_state)
+            cls, prefix = self._read_tokens(result.last_hidden_state, inputs)
         finally:
             self._context = None
         hidden_states = tuple(result.hidden_states) if output_hidden_states else None

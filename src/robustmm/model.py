@@ -18,7 +18,7 @@ import os
 import random
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,10 @@ class ModelConfig:
     module_lr_scale: float = 1.0
     """Learning rate of the method's own modules (prompts, proxies, generators, fusion blocks: every trainable
     parameter but the adapters, the head and plug-ins) relative to the run's, which suits low-rank adapters."""
+    train_backbone: list[str] = field(default_factory=list)
+    """Backbone modules trained besides the method's own and the adapters, by module name or its last parts
+    (`post_layernorm`, `encoder.layer.11`), in every encoder that has one of that name (`trainable_parameter_counts`
+    lists them as `backbone.<modality>`). REP's source trains CLIP's final norms this way."""
     plugins: dict[str, dict] = field(default_factory=dict)
     """Plug-ins on this method, name -> options (e.g. `{"mwam": {"mode": "hybrid"}}`); as keyword options,
     `mwam=True` and `mwam_<option>=value`."""
@@ -168,6 +172,17 @@ class TrainingHooks:
     def on_train_batch_end(self, output: "ModelOutput") -> None:
         """After each training step, with its output (e.g. to update feature banks)."""
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Once per optimizer step, after every micro-batch's backward pass, before the parameters change (e.g. to
+        scale a parameter group's learning rate for this step)."""
+
+    def on_after_optimizer_step(self, optimizer) -> None:
+        """Once per optimizer step, after the parameters changed (e.g. to undo a per-step learning-rate scale)."""
+
+    def training_logs(self) -> dict[str, float]:
+        """Values to log after `on_before_optimizer_step`, as `train/<name>`."""
+        return {}
+
 
 class Plugin(TrainingHooks, nn.Module):
     """An addition to any method (`ModelConfig.plugins`): its own config class, losses and training hooks.
@@ -175,6 +190,8 @@ class Plugin(TrainingHooks, nn.Module):
 
     plugin: str = ""
     config_class: type = object
+    departures: tuple[str, ...] | None = None
+    """As `MultimodalModel.departures`."""
 
     def __init__(self, model: "MultimodalModel", config):
         super().__init__()
@@ -193,6 +210,9 @@ class MultimodalModel(TrainingHooks, nn.Module):
 
     method: str = ""
     config_class: type[ModelConfig] = ModelConfig
+    departures: tuple[str, ...] | None = None
+    """Where the method's defaults depart from its source, each with the option that restores the source's
+    setting (`robustmm methods --options` prints them); None for a method without a source."""
     encodes_by_availability: bool = False
     """True where a modality's encoding depends on which other modalities the sample has (MAP's and REP's
     prompts): scenario evaluation then runs one forward pass per scenario instead of one encoding pass for all."""
@@ -209,11 +229,11 @@ class MultimodalModel(TrainingHooks, nn.Module):
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)
             self.encoders = nn.ModuleDict(
-                {m: ModalityEncoder(m, e, config.adapter) for m, e in config.encoders.items()}
+                {m: ModalityEncoder(m, e, config.adapter, config.train_backbone) for m, e in config.encoders.items()}
             )
             self.hidden_sizes = {m: e.hidden_size for m, e in self.encoders.items()}
             self.build()
-            self.head = nn.Linear(self.fused_size(), config.num_classes)
+            self.head = self.build_head()
             self.plugins = nn.ModuleDict(
                 {
                     name: PLUGINS.get(name)(self, PLUGINS.get(name).config_class(**options))
@@ -228,6 +248,10 @@ class MultimodalModel(TrainingHooks, nn.Module):
     def build(self) -> None:
         """Add the method's modules and encoder extensions (`ModalityEncoder.add_prefix`, `add_layer_edit`,
         `insert_tokens`). Runs under the config's seed, after the encoders and before the head."""
+
+    def build_head(self) -> nn.Module:
+        """The classifier on the fused feature: one linear layer unless the method's source builds another."""
+        return nn.Linear(self.fused_size(), self.config.num_classes)
 
     def fused_size(self) -> int:
         """Width of the fused feature, the head's input. Additive fusion needs encoders of one width."""
@@ -267,6 +291,18 @@ class MultimodalModel(TrainingHooks, nn.Module):
             groups.append({"params": own, "lr": lr * self.config.module_lr_scale})
         return groups
 
+    def optimizer_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """`param_groups`, each split by the modality its parameters belong to (`modality_parameters`; the group
+        records it as `"modality"`), so that a plug-in can scale one modality's learning rate (MWAM)."""
+        owner = {id(p): m for m in self.modalities for p in self.modality_parameters(m)}
+        groups = []
+        for group in self.param_groups(lr, weight_decay):
+            for modality in (*self.modalities, None):
+                params = [p for p in group["params"] if owner.get(id(p)) == modality]
+                if params:
+                    groups.append({**group, "params": params, **({"modality": modality} if modality else {})})
+        return groups
+
     # ----- shared machinery ------------------------------------------------------------------------------------
 
     @property
@@ -288,7 +324,11 @@ class MultimodalModel(TrainingHooks, nn.Module):
         return [p for name, p in self.named_parameters() if p.requires_grad and belongs(name)]
 
     def zeros(self, *shape: int) -> torch.Tensor:
-        return self.head.weight.new_zeros(shape) if hasattr(self, "head") else torch.zeros(shape)
+        return torch.zeros(shape, device=self.device) if hasattr(self, "head") else torch.zeros(shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
 
     def collate(self, samples: list[dict]) -> Batch:
         return self.collator(samples)
@@ -423,7 +463,7 @@ class MultimodalModel(TrainingHooks, nn.Module):
             return torch.empty(0, self.config.num_classes)
         was_training = self.training
         self.eval()
-        device = self.head.weight.device
+        device = self.device
         try:
             chunks = []
             for start in range(0, len(samples), batch_size):
@@ -453,7 +493,11 @@ class MultimodalModel(TrainingHooks, nn.Module):
             if not parameter.requires_grad:
                 continue
             top, second = (name.split(".") + [""])[:2]
-            part = f"adapters.{second}" if top == "encoders" else second if top == "plugins" else top
+            if top == "encoders":
+                own = name.removeprefix(f"encoders.{second}.") in self.encoders[second].trained_backbone
+                part = f"backbone.{second}" if own else f"adapters.{second}"
+            else:
+                part = second if top == "plugins" else top
             counts[part] = counts.get(part, 0) + parameter.numel()
         counts["total_trainable"] = sum(counts.values())
         counts["total"] = sum(p.numel() for p in self.parameters())
@@ -511,10 +555,14 @@ class MultimodalModel(TrainingHooks, nn.Module):
         atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
 
     @classmethod
+    def default_adapter(cls) -> AdapterConfig:
+        return cls.config_class.__dataclass_fields__["adapter"].default_factory()
+
+    @classmethod
     def own_option_fields(cls) -> dict[str, tuple[Any, Any]]:
         """The method's keyword options, name -> (type, default): its config's fields and the adapter shorthands."""
         options = described_fields(cls.config_class, skip=("encoders", "num_classes", "plugins", "adapter"))
-        adapter = AdapterConfig()
+        adapter = cls.default_adapter()
         options.update(
             adapter=(str, adapter.kind), rank=(int, adapter.rank), alpha=(float, adapter.alpha),
             adapter_dropout=(float, adapter.dropout),
@@ -551,7 +599,7 @@ class MultimodalModel(TrainingHooks, nn.Module):
         if "adapter_dropout" in adapter_options:
             adapter_options["dropout"] = adapter_options.pop("adapter_dropout")
         if adapter_options:
-            options["adapter"] = AdapterConfig(**adapter_options)
+            options["adapter"] = replace(cls.default_adapter(), **adapter_options)
         plugins = {name: dict(o) for name, o in (options.pop("plugins", None) or {}).items()}
         for name in PLUGINS.names():
             if name in options:

@@ -160,7 +160,7 @@ def predict_rows(model, rows: list[Row], temperatures: dict[str, float] | None =
 @torch.inference_mode()
 def batch_logits(model, samples: list[dict], precision: str) -> list[torch.Tensor]:
     model.eval()
-    device = model.head.weight.device
+    device = model.device
     batch = model.collate(samples).to(device)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

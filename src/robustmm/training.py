@@ -1,6 +1,7 @@
 """Training and evaluation with `lightning` and `torchmetrics`.
 
-Defaults are the paper's (Table 6): AdamW (eps 1e-8, weight decay 0.02), a polynomial schedule of power 0.9
+Defaults are the paper's (Table 6): AdamW (eps 1e-8, weight decay 0.02; `optimizer="sgd"` with momentum 0.9 is
+MWAM's host optimizer), a polynomial schedule of power 0.9
 after warm-up epochs at 0.1x the learning rate. Checkpoints hold only what training changes (adapters, proxies,
 head) plus optimizer and schedule state, so they stay small with billion-parameter encoders, are written
 atomically (`AtomicCheckpointIO`), and a run started again in the same directory resumes from `last.ckpt`. The
@@ -32,6 +33,7 @@ from .precision import resolve_precision
 
 
 WARMUP_METHODS = ("linear", "constant")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -41,6 +43,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.02
     adam_eps: float = 1e-8
+    optimizer: str = "adamw"
+    """`adamw` (CMPT's, MAP's and REP's) or `sgd` with `momentum` (MWAM's host: SGD, momentum 0.9)."""
+    momentum: float = 0.9
+    """SGD only."""
     warmup_epochs: float = 5
     """Epochs at the start whose learning rate is `warmup_factor` times `lr` (paper: 5 of 10). A warm-up that
     does not end before training does (the default with 5 epochs or fewer) is shortened to half of training,
@@ -78,9 +84,11 @@ class TrainConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        for name in ("lr", "adam_eps", "warmup_factor"):
+        for name in ("lr", "adam_eps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_factor <= 1:  # 0: the warm-up starts from a learning rate of 0, as MAP's does
+            raise ValueError(f"warmup_factor must be in [0, 1], got {self.warmup_factor}")
         if not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be in 0..2**32-1, got {self.seed}")
         self.devices = checked_devices(self.devices)
@@ -88,6 +96,10 @@ class TrainConfig:
             names = known()
             if getattr(self, name) not in names:
                 raise ValueError(f"{name} must be one of {', '.join(names)}, got {getattr(self, name)!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.warmup_method not in WARMUP_METHODS:
             raise ValueError(f"warmup_method must be one of {', '.join(WARMUP_METHODS)}, got {self.warmup_method!r}")
         if self.warmup_epochs < 0:
@@ -190,6 +202,18 @@ class LitClassifier(L.LightningModule):
         for part in self.model.hooks():
             part.on_after_backward()
 
+    def on_before_optimizer_step(self, optimizer):
+        """Once per optimizer step, whatever `accumulate_grad_batches` is (MWAM decides K here)."""
+        for part in self.model.hooks():
+            part.on_before_optimizer_step(optimizer)
+            for name, value in part.training_logs().items():
+                self.log(f"train/{name}", value)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        for part in self.model.hooks():
+            part.on_after_optimizer_step(getattr(optimizer, "optimizer", optimizer))
+
     def on_train_batch_end(self, outputs, batch, batch_index):
         output, self._last_output = self._last_output, None
         for part in self.model.hooks():
@@ -210,8 +234,11 @@ class LitClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.config
-        groups = self.model.param_groups(c.lr, c.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        groups = self.model.optimizer_groups(c.lr, c.weight_decay)
+        if c.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
         total = self.trainer.estimated_stepping_batches
         warmup = math.floor(total * c.warmup_epochs / c.epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -460,7 +487,7 @@ def scenario_logits(
     and the labels, in the order of `samples`, from one encoding pass (`MultimodalModel.logits_by_availability`).
     Batches go from the longest text to the shortest, which pads least."""
     model.eval()
-    device = model.head.weight.device
+    device = model.device
     loader = make_loader(model, samples, batch_size, shuffle=False, num_workers=num_workers, group_by_length=True)
     order = torch.as_tensor(list(loader.sampler), dtype=torch.long)
     logits: dict[str, list[torch.Tensor]] = {name: [] for name in scenarios}

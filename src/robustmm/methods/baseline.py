@@ -8,6 +8,9 @@ step and shared, and the encoder runs only on the samples whose modality is used
 Which placeholder is itself a choice the sources make differently: the paper says a missing image is "zeros",
 MAP's code feeds all-ones pixel values after normalization, and a black image (normalized like any other) is the
 natural input. `placeholder` and `audio_placeholder` choose; a missing text is always the empty string.
+
+Optimisation: as CMPT's (Table 6), the adapters and the head at the run's learning rate (1e-3 in the shipped
+configs).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class PlaceholderFusion(MultimodalModel):
     """Fused feature = sum over modalities of the CLS feature of the input, or of the placeholder if missing."""
 
     config_class = PlaceholderConfig
+    departures = ("a missing image is a black image, normalised like any other (placeholder=zeros: the paper's)",)
 
     def placeholder_inputs(self, modality: str) -> dict[str, torch.Tensor]:
         inputs = super().placeholder_inputs(modality)
@@ -58,7 +62,7 @@ class PlaceholderFusion(MultimodalModel):
         return {**inputs, key: torch.full_like(inputs[key], 1.0 if choice == "ones" else 0.0)}
 
     def fuse(self, features: Features, visible) -> torch.Tensor:
-        device = self.head.weight.device
+        device = self.device
         fused = 0
         for modality in self.modalities:
             shown = visible[modality].unsqueeze(-1)

@@ -11,6 +11,9 @@ With two modalities this is exactly eq. 5: m1 missing gives `C^_m2 + P^_m2`. A m
 no influence on the prediction, so it is not run for the samples that lack it. Loss (eq. 7):
 `L_task + lambda * L_align`, lambda = 0.2.
 
+Optimisation (Table 6): AdamW, lr 1e-3, rank-1 LoRA on every encoder; the proxies, the adapters and the head all
+train at the run's rate (`module_lr_scale` 1), the shipped configs' 1e-3.
+
 Choices where the paper is silent, each an option:
 - `align_denominator`: `paper` divides the summed cross-modal errors by MSE(P^_m1, C^_m1), the first modality's
   proxy against its own class output, as eq. 4 is written (asymmetric); with N > 2 modalities, m1 and m2 are the
@@ -128,6 +131,7 @@ class CMPT(MultimodalModel):
     """Cross-modal proxy tokens: a missing modality's class token is approximated from the available ones."""
 
     config_class = CMPTConfig
+    departures = ("eq. 4's denominator left out (align_denominator=paper: as written; the shipped paper configs)",)
 
     def build(self) -> None:
         """One proxy token per other modality in front of each encoder's CLS (eq. 2), N(0, 0.02^2)."""

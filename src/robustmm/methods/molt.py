@@ -16,10 +16,12 @@ states [T_m, d_m] of modality m after layer l:
     L        = alpha L_CE + beta L_CCA,   alpha = 1,
     L_CCA    = -(1 / (L P)) sum over layers l and modality pairs (a, b) of || S_aa^{-1/2} S_ab S_bb^{-1/2} ||_*
 
-with S the batch covariances of the pooled pair (h_{a,l}, h_{b,l}) over the samples that truly have both
-modalities, plus a ridge r I on S_aa and S_bb, and P the number of pairs with at least two such samples (for two
-modalities, -(1/L) sum_l ||M_l||_*). The loss is zero when no pair has two such samples, and it is computed in
-float32 even under bf16 autocast.
+with S the batch covariances of the pair (z_{a,l}, z_{b,l}) over the samples that truly have both modalities,
+plus deep CCA's ridge r I on S_aa and S_bb, and P the number of pairs with at least two such samples (for two
+modalities, -(1/L) sum_l ||M_l||_*). z_{m,l} = C_{m,l} h_{m,l} is deep CCA's output layer: a linear map of the
+pooled latent to `cca_size` (o) dimensions. Each term is a sum of canonical correlations, within [0, rank],
+rank = min(o, n - 1) for n samples; it is computed in float64 whatever the autocast. The loss is zero when no pair
+has two such samples.
 
 Only the abstract of the paper was read. The projection and cross-attention equations are those a third-party
 review of the paper quotes; everything else is a reconstruction, and every choice the source leaves open is an
@@ -40,11 +42,16 @@ option:
 - `pooling`: `mean` (default) over each modality's valid query tokens, which excludes text padding, or `first`
   (the class token's output).
 - `cca_features`: the loss reads the pooled cross-attended h_{m,l} (`attended`, default) or the pooled
-  projections X'_{m,l} (`projected`). `cca_ridge` (r, 1e-3) and `cca_weight` (beta, 0.1). `cca_components`: sum
-  of the top k canonical correlations instead of all of them (the trace norm). With fewer samples than d_c, the
-  batch's canonical correlations are 1 for any data, and the loss then mostly rewards variance above the ridge:
-  use batches larger than d_c (or a smaller d_c) where that matters. With more than two modalities, the loss
-  averages over every pair.
+  projections X'_{m,l} (`projected`). `cca_weight` (beta, 0.1). `cca_components`: sum of the top k canonical
+  correlations instead of all of them (the trace norm). With more than two modalities, the loss averages over
+  every pair.
+- `cca_size` (o, 16; None reads the d_c-wide latents themselves). A batch of n samples estimates the covariances
+  of o dimensions only where n > o: with n <= o every canonical correlation of the batch is 1 for any data, so
+  that the loss measures nothing. o = 16 fits the demo's batches of 32 and the source's batches of 64 (the
+  reference notes), where d_c = 256 fits neither; a batch of n <= o warns once, saying what to set.
+- `cca_ridge` (r, 1e-3) and `cca_ridge_relative` (default on): r times the covariance's mean variance
+  (trace / o), so that scaling the features changes nothing; off, deep CCA's absolute r I, which a loss can
+  outgrow by inflating the features.
 - Fusion: `fusion_layers` (2) post-norm Transformer encoder layers of `fusion_heads` (4) heads, feed-forward
   width 4 d_c and `fusion_dropout` (0.1). A learned [FUS] token and learned token-type embeddings (one per
   slot: [FUS], each R_l, each modality's CLS) are used, because attention alone cannot tell the tokens apart. A
@@ -55,8 +62,12 @@ option:
 - Training: the source gives no modality-dropout schedule (a 30% drop rate is one reading). This library's
   `modality_dropout` applies, `leave_one_out` by default (each step keeps every modality or drops exactly one),
   so that a missing modality at test time is in distribution. A dropped modality is masked in the fusion path,
-  but its encoder still runs, so that L_CCA sees the truly present data. The paper freezes the encoders; the
-  library's shared adapters (`adapter`, `rank`) still apply to them.
+  but its encoder still runs, so that L_CCA sees the truly present data. The paper freezes the encoders, and so
+  does the default `adapter="none"` (`adapter=lora` adds robustmm's rank-1 LoRA).
+- Learning rate: the reconstruction trains MoLT's modules at 1e-4 (AdamW, weight decay 1e-2, batch 64, 20
+  epochs); the paper states none. They train at 0.1x the run's rate (`module_lr_scale`): 1e-4 under the paper
+  configs' 1e-3, 1e-3 under the demo's 1e-2, where the full rate made the fusion diverge; the head trains at the
+  run's rate.
 Encoding does not depend on which modalities are shown, so scenario evaluation encodes each test batch once:
 `encode` keeps the tapped states, and everything after them runs in `fuse`.
 """
@@ -65,12 +76,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapters import AdapterConfig
 from ..model import Features, ModelConfig, MultimodalModel, scatter_rows
 from ..processing import Batch
 from ..registry import register_method
@@ -99,13 +112,19 @@ class MoLTConfig(ModelConfig):
     fusion_dropout: float = 0.1
     cca_weight: float = 0.1
     cca_ridge: float = 1e-3
+    cca_ridge_relative: bool = True
+    """The ridge is `cca_ridge` times each covariance's mean variance (scale-free); False: `cca_ridge` itself."""
+    cca_size: int | None = 16
+    """o: width of deep CCA's output layer on which the correlation is measured; None: the latents (d_c)."""
     cca_components: int | None = None
     """Sum only the top k canonical correlations; None sums all of them (the trace norm)."""
     cca_features: str = "attended"
     module_lr_scale: float = 0.1
     """MoLT's own modules (projections, attention, FBP, mask tokens, fusion) train at 0.1x the run's learning
-    rate, which is set for low-rank adapters and the head: the reconstruction trains them at 1e-4 where adapter
-    methods use 1e-3 (CMPT's Table 6). On the demo, a 3.7M-parameter fusion at an adapter's rate diverges."""
+    rate: 1e-4, the reconstruction's rate, under the paper configs' 1e-3. On the demo (lr 1e-2), the 3.7M-parameter
+    fusion diverges at the full rate."""
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="none"))
+    """MoLT freezes its foundation models: no adapter."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -126,6 +145,8 @@ class MoLTConfig(ModelConfig):
             if not layers or not numbered or len(set(layers)) < len(layers):
                 raise ValueError(f"layers must be distinct layer numbers from 1, or None for all, got {self.layers!r}")
             self.layers = sorted(layers)
+        if self.cca_size is not None and self.cca_size < 1:
+            raise ValueError(f"cca_size must be at least 1, or None for the latents, got {self.cca_size}")
         if self.cca_components is not None and self.cca_components < 1:
             raise ValueError(f"cca_components must be at least 1, or None for all, got {self.cca_components}")
         if self.cca_weight < 0 or self.cca_ridge <= 0:
@@ -145,23 +166,37 @@ def tapped_layers(layers: list[int] | None, depths: dict[str, int]) -> dict[str,
     return {m: [math.ceil(slot * depth / shallowest) for slot in slots] for m, depth in depths.items()}
 
 
-def canonical_correlation_sum(a: torch.Tensor, b: torch.Tensor, ridge: float, components: int | None = None):
+def canonical_correlation_sum(
+    a: torch.Tensor, b: torch.Tensor, ridge: float, components: int | None = None, relative_ridge: bool = True
+) -> torch.Tensor:
     """||S_aa^{-1/2} S_ab S_bb^{-1/2}||_* of the rows of a and b ([..., n, d] each, n >= 2; leading dimensions are
-    a batch, e.g. the tapped layers), or the sum of its top `components` singular values, in float32.
+    a batch, e.g. the tapped layers), or the sum of its top `components` singular values, in float64: each
+    singular value a canonical correlation in [0, 1], at most rank = min(d_a, d_b, n - 1) of them.
 
-    Whitening by Cholesky factors, L_a^{-1} S_ab L_b^{-T}, has the same singular values, because L_a^{-1} is
-    Q S_aa^{-1/2} for an orthogonal Q. Unlike an eigendecomposition, its gradient stays finite where eigenvalues
-    repeat, as they do in every covariance of fewer samples than dimensions."""
+    The ridge is `ridge` I, or with `relative_ridge` `ridge` times the covariance's mean variance, which leaves
+    the sum unchanged when the features are scaled. Whitening by Cholesky factors, L_a^{-1} S_ab L_b^{-T}, has the
+    same singular values, because L_a^{-1} is Q S_aa^{-1/2} for an orthogonal Q. Unlike an eigendecomposition,
+    its gradient stays finite where eigenvalues repeat, as they do in every covariance of fewer samples than
+    dimensions."""
     with torch.autocast(a.device.type, enabled=False):
-        a, b = a.float(), b.float()
+        a, b = a.double(), b.double()
         a, b = a - a.mean(-2, keepdim=True), b - b.mean(-2, keepdim=True)
-        scale = 1.0 / (a.shape[-2] - 1)
-        ridged = ridge * torch.eye(a.shape[-1], device=a.device)
-        whiten_a = torch.linalg.cholesky(scale * a.mT @ a + ridged)
-        whiten_b = torch.linalg.cholesky(scale * b.mT @ b + ridged)
+        samples = a.shape[-2]
+        scale = 1.0 / (samples - 1)
+
+        def whitening(x: torch.Tensor) -> torch.Tensor:
+            covariance = scale * x.mT @ x
+            eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+            variance = covariance.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+            strength = ridge * variance if relative_ridge else ridge
+            return torch.linalg.cholesky(covariance + (strength + torch.finfo(x.dtype).tiny) * eye)
+
+        whiten_a, whiten_b = whitening(a), whitening(b)
         whitened = torch.linalg.solve_triangular(whiten_a, scale * a.mT @ b, upper=False)
         whitened = torch.linalg.solve_triangular(whiten_b, whitened.mT, upper=False).mT
-        return torch.linalg.svdvals(whitened)[..., :components].sum(-1)
+        rank = min(a.shape[-1], b.shape[-1], samples - 1)
+        kept = rank if components is None else min(components, rank)
+        return torch.linalg.svdvals(whitened)[..., :kept].clamp(max=1.0).sum(-1)
 
 
 def correlation_loss(
@@ -169,20 +204,21 @@ def correlation_loss(
     present: dict[str, torch.Tensor],
     ridge: float,
     components: int | None = None,
+    relative_ridge: bool = True,
 ) -> torch.Tensor:
     """L_CCA: minus the mean, over tapped layers and modality pairs, of the pair's summed canonical correlations
-    over the samples that truly have both. Pairs with fewer than two such samples are left out, and the loss is
-    zero when every pair is left out. The layers of a pair are computed as one batch."""
+    over the samples that truly have both, in float32. Pairs with fewer than two such samples are left out, and
+    the loss is zero when every pair is left out. The layers of a pair are computed as one batch."""
     modalities = list(pooled_by_layer[0])
     terms = []
     for a, b in itertools.combinations(modalities, 2):
         both = present[a] & present[b]
         if int(both.sum()) >= 2:
             stacked = [torch.stack([pooled[m][both] for pooled in pooled_by_layer]) for m in (a, b)]
-            terms.append(canonical_correlation_sum(*stacked, ridge, components))
+            terms.append(canonical_correlation_sum(*stacked, ridge, components, relative_ridge))
     if not terms:
         return pooled_by_layer[0][modalities[0]].new_zeros((), dtype=torch.float32)
-    return -torch.cat(terms).mean()
+    return -torch.cat(terms).mean().float()
 
 
 def pool(tokens: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
@@ -278,6 +314,13 @@ class MoLT(MultimodalModel):
     """Robust latent representation tuning: per-layer latent translation, MFB and a fusion Transformer."""
 
     config_class = MoLTConfig
+    departures = (
+        "only the abstract was read: FBP read as MFB, the fusion Transformer and L_CCA's form are reconstructions",
+        "states layer-normalised before the projection (normalize_states=false: as written)",
+        "L_CCA on deep CCA's 16-wide output layer with a relative ridge (cca_size=null, cca_ridge_relative=false: "
+        "the latents with r I)",
+        "its modules train at 0.1x the run's lr: 1e-4, the reconstruction's rate, under lr 1e-3",
+    )
 
     def build(self) -> None:
         c = self.config
@@ -299,6 +342,11 @@ class MoLT(MultimodalModel):
             {m: nn.Parameter(torch.randn(count, d) * 0.02) for m, d in self.hidden_sizes.items()}
         )
         self.fusion = LatentFusion(self.hidden_sizes, width, count, c.fusion_layers, c.fusion_heads, c.fusion_dropout)
+        if c.cca_size is not None:
+            self.cca_outputs = nn.ModuleDict(
+                {m: nn.ModuleList(nn.Linear(width, c.cca_size) for _ in range(count)) for m in modalities}
+            )
+        self._warned_small_batch = False
 
     def fused_size(self) -> int:
         return self.config.latent_size
@@ -356,4 +404,26 @@ class MoLT(MultimodalModel):
         c = self.config
         projected, attended = self.translate(features, present)
         pooled = attended if c.cca_features == "attended" else projected
-        return {"cca": (correlation_loss(pooled, present, c.cca_ridge, c.cca_components), c.cca_weight)}
+        if c.cca_size is not None:
+            pooled = [{m: self.cca_outputs[m][layer](h) for m, h in by_modality.items()}
+                      for layer, by_modality in enumerate(pooled)]
+        self.warn_if_batch_too_small(present)
+        loss = correlation_loss(pooled, present, c.cca_ridge, c.cca_components, c.cca_ridge_relative)
+        return {"cca": (loss, c.cca_weight)}
+
+    def warn_if_batch_too_small(self, present: dict[str, torch.Tensor]) -> None:
+        """Once per model: a batch whose modality pairs have no more samples than dimensions cannot estimate the
+        covariances, and every canonical correlation is then 1 whatever the data."""
+        width = self.config.cca_size or self.config.latent_size
+        pairs = [int((present[a] & present[b]).sum()) for a, b in itertools.combinations(self.modalities, 2)]
+        most = max(pairs)
+        if self._warned_small_batch or not self.training or most < 2 or most > width:
+            return
+        self._warned_small_batch = True
+        option = "cca_size" if self.config.cca_size is not None else "latent_size"
+        warnings.warn(
+            f"MoLT's correlation loss sees {most} samples with both modalities against {width} dimensions "
+            f"({option}): with n <= {width} every canonical correlation is 1 for any data and the loss measures "
+            f"nothing. Set the batch size above {width}, or {option} below {most}.",
+            stacklevel=2,
+        )

@@ -66,23 +66,30 @@ is one):
   which here would make a sample's prompts depend on the longest text of its batch). Their queries are fixed as in
   the code (which draws them anew at each start; here they are saved with the model), or trained
   (`train_dynamic_queries`).
-- `module_lr_scale` (0.1): see the option.
+- Learning rate: REP's modules train at 0.1x the run's learning rate (`module_lr_scale`, see the option). The
+  code trains everything at 1e-2 (AdamW, betas 0.9/0.98, weight decay 2e-2, batch 256 by accumulation, 20
+  epochs, 10% warm-up then linear decay); the shipped image-text paper configs give REP those settings
+  (`by_method.rep`, with `module_lr_scale: 1`).
 - Training patterns: the code trains on the protocol's missing data (70% missing). Where the training data is
   complete (the demo), the missing copies and the pattern buffers would never be trained, so `modality_dropout`
   defaults to `leave_one_out`; `none` trains on the data as given.
-- The encoders' own final LayerNorm and projection, trained in the code, stay frozen; the library's adapters
-  train instead. Optimiser groups: no weight decay on biases, LayerNorm weights, the gate a, gamma and the replay
-  weights w (every parameter of at most one dimension), as the code excludes biases and LayerNorms.
+- Frozen encoders, as in the code (`adapter="none"`), whose final LayerNorms train (`train_backbone`: CLIP's
+  `final_layer_norm` and `post_layernorm`, the code's ln_final and ln_post; ViT's, AST's and Dinov2's final
+  `layernorm`; BERT-style towers end without one). The code's projections (CLIP's text and visual `proj`) are not
+  part of the towers robustmm loads, so the features are read before them. Optimiser groups: no weight decay on
+  biases, LayerNorm weights, the gate a, gamma and the replay weights w (every parameter of at most one dimension),
+  as the code excludes biases and LayerNorms.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapters import AdapterConfig
 from ..encoders import EncoderContext, availability_patterns
 from ..model import Features, ModelConfig, MultimodalModel
 from ..registry import register_method
@@ -95,9 +102,13 @@ PRESENT, MISSING = 0, 1
 class REPConfig(ModelConfig):
     modality_dropout: str = "leave_one_out"
     module_lr_scale: float = 0.1
-    """REP's buffers, generators, dynamic tokens and replay train at 0.1x the run's learning rate, which is set
-    for low-rank adapters. The code trains them at 1e-2 with batches of 256; on the demo (batches of 32, lr
-    1e-2), the text-only pattern collapsed to one class at the full rate (image missing: 0.10 against 0.52)."""
+    """REP's buffers, generators, dynamic tokens and replay train at 0.1x the run's learning rate: 1e-3 under the
+    demo's 1e-2, where the full rate collapsed the text-only pattern to one class (image missing: 0.10 against
+    0.52; batches of 32). The code trains them at 1e-2 with batches of 256: `module_lr_scale=1` at lr 1e-2."""
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="none"))
+    """REP's code freezes CLIP but for its final norms and projections: no adapter."""
+    train_backbone: list[str] = field(default_factory=lambda: ["final_layer_norm", "post_layernorm", "layernorm"])
+    """The towers' final LayerNorms, as the code trains CLIP's ln_final and ln_post."""
     buffer_length: int = 12
     """Tokens of each kind (private, shared, dynamic) in front of every encoder's input."""
     depth: int = 6
@@ -232,6 +243,12 @@ class ReplayPrompting(MultimodalModel):
     """REP: private and shared prompt buffers per missing pattern, generated across depth and replayed deeper."""
 
     config_class = REPConfig
+    departures = (
+        "replay and the orthogonality loss are completions: the code has neither (replay=false, orth_weight=0)",
+        "its modules train at 0.1x the run's lr (code: 1e-2 for everything; module_lr_scale=1 with lr 1e-2)",
+        "CLIP's projections are not loaded: features are read before them (the code trains both)",
+        "modality_dropout=leave_one_out trains the missing copies on complete data (code: none)",
+    )
     encodes_by_availability = True
 
     def build(self) -> None:
