@@ -62,6 +62,18 @@ def end_children(grace: float = GRACE_SECONDS) -> None:
             child.join()
 
 
+def remove_folder(path, attempts: int = 10) -> None:
+    """Remove the folder `path` and what it holds, trying again while it is still there: another thread of the
+    process (a logger, a data-loader thread) may write into it while it goes."""
+    import shutil
+
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.05)
+
+
 def end_with_parent(parent_pid: int, cleanup=lambda: None) -> None:
     """In a child process started by `parent_pid`: on SIGTERM, or when the parent dies, call `cleanup` and exit."""
 

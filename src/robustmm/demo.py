@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_write, atomic_write_text, check_output_folder
 from .checks import check_field_types, load_json
-from .children import children_end_with_us, end_with_parent
+from .children import children_end_with_us, end_with_parent, remove_folder
 from .cores import available_cores, job_threads
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
@@ -197,7 +197,6 @@ def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: i
     scratch folder of its own, removed when it is stopped or its parent dies (`end_with_parent`). A spawned
     process starts with the package's own methods only: it imports the modules of the parent's outside ones
     (`outside_modules`)."""
-    import shutil
     from multiprocessing.util import Finalize
 
     from .console import quiet_libraries
@@ -206,8 +205,8 @@ def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: i
     scratch = tempfile.mkdtemp(prefix="robustmm-demo-worker-")
     tempfile.tempdir = scratch
     # At a normal exit, after multiprocessing has removed its own temporary folder (priority -100) from inside it
-    remove = Finalize(None, shutil.rmtree, (scratch,), {"ignore_errors": True}, exitpriority=-101)
-    end_with_parent(parent_pid, cleanup=remove)
+    Finalize(None, remove_folder, (scratch,), exitpriority=-101)
+    end_with_parent(parent_pid, cleanup=lambda: remove_folder(scratch))  # idempotent: either may run first
     import_modules(modules)
     quiet_libraries()
     _WORKER.update(config=config, data=make_data(config), steps=steps, save_to=save_to)
