@@ -131,7 +131,8 @@ def _(c):
     robustmm.build_model("cmpt", encoders={"image": str(c.tmp / "empty"), "text": c.encoders["text"]}, num_classes=3)
 
 
-@case("encoder-kind-unknown", ValueError, "modality 'caption': unknown kind 'smell'")
+@case("encoder-kind-unknown", ValueError, "modality 'caption': encoder kind must be one of text, image, audio, video, "
+      "got 'smell'")
 def _(c):
     encoders = {"caption": {"name_or_path": c.encoders["text"], "kind": "smell"}, "image": c.encoders["image"]}
     robustmm.build_model("cmpt", encoders=encoders, num_classes=3)

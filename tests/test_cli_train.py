@@ -310,7 +310,7 @@ def test_bad_config_files_name_the_problem(tmp_path, yaml_text, expected):
         (["--set", "model.options.seed=3"], "model.options.seed is set by train.seed (--seed)"),
         (["--set", "model.options.wings=3"], "model.options.wings: no method has this option; cmpt's are"),
         (["--option", "align_weight=heavy"], "model.options.align_weight: expected a number, got 'heavy'"),
-        (["--option", "mwam=true", "--option", "mwam_mode=both"], "mwam mode must be one of gradient, loss, hybrid"),
+        (["--option", "mwam=true", "--option", "mwam_mode=both"], "mwam_mode must be one of gradient, loss, hybrid"),
         (["--option", "mwam_mode=loss"], "mwam_mode set without the plug-in: add mwam=true"),
         (["--option", "align_denominator=half"], "align_denominator must be one of"),
         (["--option", "align_weight"], "--option expects key=value, got 'align_weight'"),

@@ -27,7 +27,7 @@ from robustmm.cli import main
 from robustmm.data import DatasetError, get_dataset
 from robustmm.demo import write_outputs
 from robustmm.evaluation import evaluate_runs
-from robustmm.registry import load_model
+from robustmm.serialisation import load_model
 from robustmm.runs import run_lock
 
 SIZES = {"train": 8, "val": 4, "test": 4}

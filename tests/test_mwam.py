@@ -201,7 +201,7 @@ def test_text_and_audio_are_read_as_one_channel_maps(tiny_encoders):
 
 
 def test_options_are_checked(tiny_encoders):
-    with pytest.raises(ValueError, match="mwam mode must be one of gradient, loss, hybrid"):
+    with pytest.raises(ValueError, match="mwam_mode must be one of gradient, loss, hybrid"):
         two_branches(tiny_encoders, mwam=True, mwam_mode="both")
     with pytest.raises(ValueError, match="mwam_mode set without the plug-in: add mwam=true"):
         two_branches(tiny_encoders, mwam_mode="loss")

@@ -23,7 +23,7 @@ _EXPORTS = {
     "evaluate": "training",
     "fit_temperatures": "calibration",
     "list_methods": "registry",
-    "load_model": "registry",
+    "load_model": "serialisation",
     "predict_file": "predict",
     "register_method": "registry",
     "train": "training",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import peft
 import torch.nn as nn
@@ -30,25 +31,24 @@ ATTENTION_PROJECTIONS = (
 )
 """Full-match pattern for the four attention projections of each transformer layer (peft uses `re.fullmatch`)."""
 
-ADAPTERS = ("none", "lora", "dora", "vera")
-
-
 @dataclass
 class AdapterConfig:
     """What adapter to put on every encoder. Defaults are the paper's (Table 6): LoRA, rank 1, alpha 1, dropout 0.1;
     `kind="none"`: no adapter, the encoder frozen."""
 
-    kind: str = "lora"
+    kind: Literal["none", "lora", "dora", "vera"] = "lora"
+    """The adapter on every encoder's attention projections; `none`: the encoders stay frozen."""
     rank: int = 1
+    """The adapter's rank (paper: 1)."""
     alpha: float = 1.0
+    """LoRA's and DoRA's scale alpha (VeRA has none)."""
     dropout: float = 0.1
+    """Dropout of the adapter's input (paper: 0.1)."""
     seed: int = 0
     """VeRA only: seed of its shared frozen random projections (`projection_prng_key`)."""
 
     def __post_init__(self):
         check_field_types(self, "adapter ")
-        if self.kind not in ADAPTERS:
-            raise ValueError(f"unknown adapter {self.kind!r}; choose one of {', '.join(ADAPTERS)}")
         if self.rank < 1:
             raise ValueError(f"adapter rank must be >= 1, got {self.rank}")
         if self.alpha <= 0 or not 0 <= self.dropout < 1 or self.seed < 0:

@@ -151,7 +151,7 @@ def calibrate_run(run_dir, split: str = "val", batch_size: int | None = None, pr
     from .config import RUN_CONFIG, read_run_config
     from .evaluation import inference_device, open_split
     from .precision import resolve_precision
-    from .registry import load_model
+    from .serialisation import load_model
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir / RUN_CONFIG)

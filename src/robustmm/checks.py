@@ -3,8 +3,9 @@
 A value of the wrong type otherwise travels on until something deep inside fails on it (`'<' not supported
 between 'str' and 'int'`, torch's `empty(): argument 'size'`) or, worse, until it silently changes a result (a
 NaN loss weight). `check_field_types` checks each field against its annotation: integers are integers (not
-bools, not 2.5), numbers are finite, flags are bools, texts are strings; NumPy scalars are accepted and turned
-into Python ones. Ranges stay with each config, which knows them.
+bools, not 2.5), numbers are finite, flags are bools, texts are strings, a `Literal[...]` option is one of its
+choices; NumPy scalars are accepted and turned into Python ones. Ranges and checks across fields stay with each
+config, which knows them.
 """
 
 from __future__ import annotations
@@ -33,9 +34,23 @@ def _describe(value) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def describe_type(hint) -> str:
+    """An annotation as a user reads it: `int`, `float | None`, `list[int]`, choices as `a | b | c`."""
+    members = _members(hint)
+    if members is not None:
+        return " | ".join(describe_type(m) for m in members)
+    if hint is type(None):
+        return "None"
+    if typing.get_origin(hint) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
+
+
 def checked_value(value, hint, name: str):
-    """`value` as the type `hint` names (int, float, bool, str, their unions with None, lists of them), or a
-    ValueError naming the option; values of other annotations are returned unchecked."""
+    """`value` as the type `hint` names (int, float, bool, str, `Literal[...]` choices, their unions with None,
+    lists of them), or a ValueError naming the option; values of other annotations are returned unchecked."""
     members = _members(hint)
     if members is not None:
         if value is None and type(None) in members:
@@ -48,9 +63,14 @@ def checked_value(value, hint, name: str):
                 errors.append(error)
         if len(errors) == 1:  # X | None: X's own message says more
             raise errors[0]
-        wanted = " or ".join("None" if m is type(None) else getattr(m, "__name__", str(m)) for m in members)
+        wanted = " or ".join(describe_type(m) for m in members)
         raise ValueError(f"{name} must be {wanted}, got {_describe(value)}")
     origin = typing.get_origin(hint) or hint
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if any(value == choice and type(value) is type(choice) for choice in choices):
+            return value
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
     if hint is bool:
         if isinstance(value, bool) or type(value).__name__ == "bool_":
             return bool(value)

@@ -24,9 +24,18 @@ def _bench(args) -> None:
 def _methods(args) -> None:
     from .registry import METHODS, PLUGINS
 
-    def show(options: dict) -> None:
-        for option, (_, default) in options.items():
-            print(f"    {option} = {default!r}")
+    def show(options: dict, helps: dict) -> None:
+        """Each option as `name: type or choices = default`, then the first sentence of its help, wrapped."""
+        import textwrap
+
+        from .checks import describe_type
+        from .options import first_sentence
+
+        for option, (hint, default) in options.items():
+            print(f"    {option}: {describe_type(hint)} = {default!r}")
+            if helps.get(option):
+                print(textwrap.fill(first_sentence(helps[option]), 116, initial_indent=" " * 8,
+                                    subsequent_indent=" " * 8))
 
     def origin(registry, name: str) -> str:
         source = registry.source(name)
@@ -44,16 +53,18 @@ def _methods(args) -> None:
     for name in METHODS.names():
         print(f"{name:<10} {METHODS.summary(name)}{origin(METHODS, name)}")
         if args.options:
+            from .options import option_help
+
             departures(METHODS.get(name))
-            show(METHODS.get(name).own_option_fields())
+            show(METHODS.get(name).own_option_fields(), option_help(METHODS.get(name)))
     print("plug-ins, on any method (e.g. --option mwam=true):")
     for name in PLUGINS.names():
         print(f"{name:<10} {PLUGINS.summary(name)}{origin(PLUGINS, name)}")
         if args.options:
-            from .model import plugin_option_fields
+            from .options import plugin_option_fields, plugin_option_help
 
             departures(PLUGINS.get(name))
-            show({k: v for k, v in plugin_option_fields(name).items() if k != name})
+            show({k: v for k, v in plugin_option_fields(name).items() if k != name}, plugin_option_help(name))
 
 
 TRAIN_FLAGS = {

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from .checks import checked_value
 from .data.protocol import MissingProtocol
 from .training import TrainConfig
 
@@ -223,6 +224,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
+    if origin is typing.Literal:
+        try:
+            return checked_value(value, hint, where)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if origin is list or hint is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from .encoders import availability_patterns
-from .registry import build_model, load_model
+from .registry import build_model
+from .serialisation import load_model
 from .training import train
 
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220)]

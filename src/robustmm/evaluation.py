@@ -27,7 +27,7 @@ from .metrics import compute_metrics, default_metrics, per_class_scores
 from .atomic import atomic_write_text
 from .model import MultimodalModel
 from .precision import resolve_precision
-from .registry import load_model
+from .serialisation import load_model
 from .training import predict_logits, scenario_logits
 
 SCENARIO_KINDS = ("complete", "missing", "sweep", "grid")

@@ -7,42 +7,33 @@ A method (`robustmm.methods`, one file each) is a subclass that says
 - and, if it needs them, training hooks (`param_groups`, `on_fit_start`, `on_after_backward`,
   `on_train_batch_end`) and state that is not a parameter (persistent buffers, saved with the weights).
 A plug-in (`Plugin`, e.g. MWAM) adds losses and hooks to any method. Batching, modality dropout, the task loss,
-scenario evaluation, prediction, saving and loading live here once.
+scenario evaluation and prediction live here once; the keyword options in `robustmm.options`, saving and loading
+in `robustmm.serialisation`.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save as safetensors_bytes
 
+from . import options as keyword_options
+from . import serialisation
 from .adapters import AdapterConfig
-from .atomic import atomic_write, atomic_write_text
 from .checks import check_field_types
 from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
-from .registry import PLUGINS, model_sources
+from .registry import PLUGINS
 
-MODALITY_DROPOUT = ("none", "leave_one_out", "subsets")
-FUSION_NORMS = ("none", "layernorm")
-ADAPTER_SHORTHANDS = ("rank", "alpha", "adapter_dropout")
-"""Options of every method that make its `AdapterConfig`, beside `adapter` (the kind, or a whole AdapterConfig)."""
-CONFIG_FILE = "robustmm_config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 2
-"""Version of the saved layout (`robustmm_config.json` records it). 2: method parameters live in the method, not
-in the encoders (CMPT's `encoders.<m>.proxy_tokens` became `proxies.<m>`); persistent method state is saved."""
+ModalityDropoutChoice = Literal["none", "leave_one_out", "subsets"]
+"""The values of `ModelConfig.modality_dropout`, for method configs that change its default."""
 
 
 @dataclass
@@ -52,17 +43,19 @@ class ModelConfig:
     encoders: dict[str, EncoderConfig]
     num_classes: int
     multilabel: bool = False
+    """One sigmoid per class (a sample may have several labels, MM-IMDb's genres) instead of a softmax."""
     class_names: list[str] | None = None
+    """The classes' names in label order, for reports and predictions."""
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    modality_dropout: str = "none"
+    modality_dropout: ModalityDropoutChoice = "none"
     """Training-time modality dropout. `leave_one_out` (the paper's): each draw keeps all modalities or drops
     exactly one, uniformly; `subsets`: keeps a uniformly drawn non-empty subset. A sample's only present modality
     is never dropped."""
-    modality_dropout_level: str = "batch"
+    modality_dropout_level: Literal["batch", "sample"] = "batch"
     """`batch`: one draw per training step, as the paper ("in each iteration"); `sample`: one draw per sample."""
     seed: int = 0
     """Initial values of proxies and head, and the modality-dropout stream."""
-    fusion_norm: str = "none"
+    fusion_norm: Literal["none", "layernorm"] = "none"
     """`none` (the paper's plain sum) or `layernorm`: each encoder's class and proxy outputs are normalized to zero
     mean and unit variance over the features (no learned scale) before fusion and the alignment loss. Use it when
     the encoders' features differ in scale (e.g. an encoder that ends without a LayerNorm next to one that ends
@@ -81,10 +74,7 @@ class ModelConfig:
 
     def __post_init__(self):
         check_field_types(self)
-        self.encoders = {
-            m: e if isinstance(e, EncoderConfig) else EncoderConfig(**e) if isinstance(e, dict) else EncoderConfig(e)
-            for m, e in self.encoders.items()
-        }
+        self.encoders = {m: encoder_config(m, e) for m, e in self.encoders.items()}
         if isinstance(self.adapter, dict):
             self.adapter = AdapterConfig(**self.adapter)
         if not self.encoders:
@@ -99,14 +89,8 @@ class ModelConfig:
             raise ValueError(f"class_names must be distinct; repeated: {', '.join(map(repr, repeated))}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.modality_dropout not in MODALITY_DROPOUT:
-            raise ValueError(f"modality_dropout must be one of {MODALITY_DROPOUT}, got {self.modality_dropout!r}")
-        if self.fusion_norm not in FUSION_NORMS:
-            raise ValueError(f"fusion_norm must be one of {', '.join(FUSION_NORMS)}, got {self.fusion_norm!r}")
         if self.module_lr_scale <= 0:
             raise ValueError(f"module_lr_scale must be > 0, got {self.module_lr_scale}")
-        if self.modality_dropout_level not in ("batch", "sample"):
-            raise ValueError(f"modality_dropout_level must be 'batch' or 'sample', got {self.modality_dropout_level!r}")
         self.plugins = {
             name: asdict(PLUGINS.get(name).config_class(**dict(options or {})))
             for name, options in self.plugins.items()
@@ -118,6 +102,16 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def encoder_config(modality: str, given) -> EncoderConfig:
+    """An `EncoderConfig` from a hub id, a path, a mapping of its fields or itself; errors name the modality."""
+    if isinstance(given, EncoderConfig):
+        return given
+    try:
+        return EncoderConfig(**given) if isinstance(given, dict) else EncoderConfig(given)
+    except ValueError as error:
+        raise ValueError(f"modality {modality!r}: {error}") from error
 
 
 @dataclass
@@ -510,72 +504,38 @@ class MultimodalModel(TrainingHooks, nn.Module):
             print(f"{part:<{width}}  {count:>12,}")
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything training changes: adapters, the method's parameters, the head, and the method's persistent
-        buffers (feature banks, running statistics). The frozen encoders are not stored."""
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        state = self.state_dict()
-        names |= {n for n, _ in self.named_buffers() if n in state and ".backbone." not in n}
-        return {n: t.detach().cpu().contiguous() for n, t in state.items() if n in names}
+        """What training changes and `save_pretrained` stores (`serialisation.trainable_state_dict`)."""
+        return serialisation.trainable_state_dict(self)
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load what `trainable_state_dict` saved; names and shapes are checked first, so that weights of another
-        model are reported by the first tensor that does not fit rather than by PyTorch's list of all of them."""
-        expected = self.trainable_state_dict()
-        missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"weights do not fit this model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-            )
-        for name, tensor in expected.items():
-            if state[name].shape != tensor.shape:
-                raise ValueError(
-                    f"weights do not fit this model: {name} has shape {list(state[name].shape)}, "
-                    f"the model expects {list(tensor.shape)}"
-                )
-        self.load_state_dict(state, strict=False)
+        """Load what `trainable_state_dict` saved, names and shapes checked first."""
+        serialisation.load_trainable_state_dict(self, state)
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
-        """Weights saved by an older `FORMAT_VERSION`, renamed to this one's layout."""
+        """Weights saved by an older `serialisation.FORMAT_VERSION`, renamed to this one's layout."""
         return state
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the config (JSON) and the trained state (safetensors) atomically into `directory`; the config
-        records where an outside method or plug-in lives (`sources`, name -> module:Class). The weights
-        (the trainable state only, small) are serialized in memory and written by Python, so that a failed write
-        reports the OS error (`atomic_write`), which safetensors' own file writer turns into text."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"format_version": FORMAT_VERSION, "method": self.method, **self.config.to_dict()}
-        sources = model_sources(self.method, self.plugins)
-        if sources:  # where outside code lives, for the message of a process that does not know it
-            config["sources"] = sources
-        weights = safetensors_bytes(self.trainable_state_dict(), metadata={"method": self.method})
-        atomic_write(directory / WEIGHTS_FILE, lambda p: Path(p).write_bytes(weights))
-        atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2))
+        """Write the config and the trained state into `directory` (`serialisation.save_pretrained`); `load_model`
+        reads them back."""
+        serialisation.save_pretrained(self, directory)
+
+    # ----- keyword options (robustmm.options) ------------------------------------------------------------------
 
     @classmethod
     def default_adapter(cls) -> AdapterConfig:
-        return cls.config_class.__dataclass_fields__["adapter"].default_factory()
+        return keyword_options.default_adapter(cls)
 
     @classmethod
     def own_option_fields(cls) -> dict[str, tuple[Any, Any]]:
         """The method's keyword options, name -> (type, default): its config's fields and the adapter shorthands."""
-        options = described_fields(cls.config_class, skip=("encoders", "num_classes", "plugins", "adapter"))
-        adapter = cls.default_adapter()
-        options.update(
-            adapter=(str, adapter.kind), rank=(int, adapter.rank), alpha=(float, adapter.alpha),
-            adapter_dropout=(float, adapter.dropout),
-        )
-        return options
+        return keyword_options.own_option_fields(cls)
 
     @classmethod
     def option_fields(cls) -> dict[str, tuple[Any, Any]]:
         """Every keyword option of `config_from_kwargs`: the method's own and every plug-in's."""
-        options = cls.own_option_fields()
-        for name in PLUGINS.names():
-            options.update(plugin_option_fields(name))
-        return options
+        return keyword_options.option_fields(cls)
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -587,55 +547,12 @@ class MultimodalModel(TrainingHooks, nn.Module):
 
     @classmethod
     def check_options(cls, options: dict) -> None:
-        """Check option values without loading any encoder: the config is built over two stand-in encoders."""
-        cls.config_from_kwargs({"first": "first", "second": "second"}, 2, **options)
+        """Check option values without loading any encoder."""
+        keyword_options.check_options(cls, options)
 
     @classmethod
     def config_from_kwargs(cls, encoders, num_classes, **options) -> ModelConfig:
-        names = {f.name for f in fields(cls.config_class)}
-        adapter_options = {k: options.pop(k) for k in ADAPTER_SHORTHANDS if k in options}
-        if isinstance(options.get("adapter"), str):
-            adapter_options["kind"] = options.pop("adapter")
-        if "adapter_dropout" in adapter_options:
-            adapter_options["dropout"] = adapter_options.pop("adapter_dropout")
-        if adapter_options:
-            options["adapter"] = replace(cls.default_adapter(), **adapter_options)
-        plugins = {name: dict(o) for name, o in (options.pop("plugins", None) or {}).items()}
-        for name in PLUGINS.names():
-            if name in options:
-                if options.pop(name):
-                    plugins.setdefault(name, {})
-                else:
-                    plugins.pop(name, None)
-            prefixed = {k: options.pop(k) for k in list(options) if k.startswith(f"{name}_")}
-            if prefixed and name not in plugins:
-                raise ValueError(f"{', '.join(sorted(prefixed))} set without the plug-in: add {name}=true")
-            for key, value in prefixed.items():
-                plugins[name][key.removeprefix(f"{name}_")] = value
-        unknown = set(options) - names
-        if unknown:
-            raise TypeError(
-                f"method {cls.method!r} has no option {', '.join(sorted(unknown))}; "
-                f"its options are {', '.join(cls.option_names())}"
-            )
-        return cls.config_class(encoders=encoders, num_classes=num_classes, plugins=plugins, **options)
-
-
-def described_fields(config_class, skip=()) -> dict[str, tuple[Any, Any]]:
-    """Name -> (type, default) of a config dataclass's fields that have a default."""
-    hints = typing.get_type_hints(config_class)
-    return {
-        f.name: (hints[f.name], f.default if f.default is not MISSING else f.default_factory())
-        for f in fields(config_class)
-        if f.name not in skip and (f.default is not MISSING or f.default_factory is not MISSING)
-    }
-
-
-def plugin_option_fields(name: str) -> dict[str, tuple[Any, Any]]:
-    """The keyword options of a plug-in on any method: `<plugin>` (on or off) and `<plugin>_<option>`."""
-    options = {name: (bool, False)}
-    options.update({f"{name}_{k}": v for k, v in described_fields(PLUGINS.get(name).config_class).items()})
-    return options
+        return keyword_options.config_from_kwargs(cls, encoders, num_classes, **options)
 
 
 def _rebuild(cls, config, state, training, dropout_state) -> MultimodalModel:

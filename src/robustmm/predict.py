@@ -251,7 +251,7 @@ def load_predictor(model_or_run, calibration=None, calibrate: bool = True, preci
     """(model, temperatures per availability pattern, concrete precision), as `predict_file` and `robustmm serve`
     predict: `model_or_run` and `calibration` as in `predict_file`."""
     from .precision import resolve_precision
-    from .registry import load_model
+    from .serialisation import load_model
 
     if isinstance(model_or_run, (str, Path)):
         model_dir, found = resolve_model_dir(Path(model_or_run))

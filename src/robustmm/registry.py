@@ -1,4 +1,5 @@
-"""A registry of methods and one factory, `build_model(method, ...)`, plus `load_model(dir)`.
+"""A registry of methods and one factory, `build_model(method, ...)` (`robustmm.serialisation.load_model` builds a
+saved one).
 
 This module imports nothing heavy: the built-in entries are listed by name and imported on first use, so that
 `robustmm methods` and `--help` answer without loading PyTorch, and registering a method of one's own is one
@@ -16,11 +17,9 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
-from .checks import load_json
 
 ENTRY_POINT_GROUPS = {
     "method": "robustmm.methods",
@@ -247,55 +246,3 @@ def unknown_code_message(where, error: UnknownNameError, sources: dict[str, str]
     recorded = f", which it records as {sources[error.name]}" if error.name in sources else ""
     return (f"{where}: {error.kind} {error.name!r} is not known in this process{recorded}. robustmm imports no "
             f"code because a file names it: {how_to_make_known(error.kind, modules)}")
-
-
-def load_model(directory: str | os.PathLike, imports=()):
-    """Rebuild a model saved by `save_pretrained`: the encoders are loaded again from their recorded paths.
-
-    `imports`: modules to import first (`import_modules`), those of an outside method or plug-in that is not
-    installed as an entry point; the saved config records where they live, but loading never imports on its say.
-    A damaged or mismatched file is a `ValueError` that names it: the weights are read before the encoders are
-    loaded, so that a truncated file is reported at once.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
-
-    import_modules(imports, "imports")
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; is it a directory written by save_pretrained?")
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"{directory} holds {CONFIG_FILE} but no {WEIGHTS_FILE}; was saving interrupted?")
-    sources = {}
-    try:
-        options = load_json(config_path.read_text(encoding="utf-8"))
-        if not isinstance(options, dict) or not isinstance(options.get("method"), str):
-            raise ValueError("expected a JSON object with a 'method' name")
-        version = options.pop("format_version", 1)
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise ValueError(f"format version {version!r} is newer than this robustmm reads ({FORMAT_VERSION})")
-        sources = options.pop("sources", None) or {}
-        if not isinstance(sources, dict):
-            raise ValueError(f"'sources' must map names to module:Class, got {sources!r}")
-        cls = get_method(options.pop("method"))
-        config = cls.config_class(**options)
-    except UnknownNameError as error:
-        raise ValueError(unknown_code_message(config_path, error, sources)) from error
-    except (ValueError, TypeError, AttributeError, KeyError) as error:  # a field of the wrong type or shape
-        raise ValueError(f"{config_path}: damaged or not written by this version of robustmm: {error}") from error
-    try:
-        state = cls.upgrade_state_dict(load_file(weights_path), version)
-    except SafetensorError as error:
-        raise ValueError(f"{weights_path}: damaged or incomplete safetensors file ({error})") from error
-    try:
-        model = cls(config)
-    except ValueError as error:  # an encoder recorded by path was moved or deleted since
-        raise ValueError(f"{config_path}: cannot rebuild the model it records: {error}") from error
-    try:
-        model.load_trainable_state_dict(state)
-    except ValueError as error:
-        raise ValueError(f"{weights_path}: {error}") from error
-    return model

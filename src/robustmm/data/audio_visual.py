@@ -23,11 +23,13 @@ videos that many copies lack.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, NamedTuple
+from typing import Any, ClassVar, Iterable, Literal, NamedTuple
+
+from ..checks import checked_value
 
 from .base import MultimodalDataset, Record, split_off_validation
 
-AUDIO_CHOICES = ("auto", "fbank", "wav")
+AudioSource = Literal["auto", "fbank", "wav"]
 FBANK_FILE = "audio/{source}_fbank/{id}.npy"
 WAV_FILES = ("audio/{source}/{id}.wav", "audio/{id}.wav", "AudioWAV/{id}.wav", "{source}/{id}/{id}.wav")
 FRAME_FOLDERS = ("visual/{source}_imgs/Image-01-FPS/{id}", "visual/{id}", "Image-01-FPS/{id}", "{source}/{id}")
@@ -56,10 +58,8 @@ class AudioVisualDataset(MultimodalDataset):
     lists_validation: ClassVar[bool] = False
     """Whether the dataset lists its own validation clips."""
 
-    def __init__(self, root, split="train", *, audio: str = "auto", val_fraction: float = 0.1, **options):
-        if audio not in AUDIO_CHOICES:
-            raise ValueError(f"audio must be one of {', '.join(AUDIO_CHOICES)}, got {audio!r}")
-        self.audio = audio
+    def __init__(self, root, split="train", *, audio: AudioSource = "auto", val_fraction: float = 0.1, **options):
+        self.audio = checked_value(audio, AudioSource, "audio")
         self.val_fraction = val_fraction
         super().__init__(root, split, **options)
 

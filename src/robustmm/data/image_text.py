@@ -13,15 +13,16 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..atomic import atomic_write
+from ..checks import checked_value
 from .base import DatasetError, MultimodalDataset, Record
 
-FORMATS = ("auto", "raw", "arrow")
+Format = Literal["auto", "raw", "arrow"]
 ARROW_BATCH_ROWS = 512
 """Rows per record batch when writing, so that a split's images never sit in memory all at once."""
 
@@ -66,10 +67,8 @@ class ImageTextDataset(MultimodalDataset):
     arrow_reader_options: ClassVar[dict[str, Any]] = {}
     """Options under which the records hold everything MAP's file stores (MM-IMDb: every plot)."""
 
-    def __init__(self, root, split="train", *, format: str = "auto", **options):
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        self.format = format
+    def __init__(self, root, split="train", *, format: Format = "auto", **options):
+        self.format = checked_value(format, Format, "format")
         self._table: pa.Table | None = None
         super().__init__(root, split, **options)
 

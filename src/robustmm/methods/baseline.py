@@ -16,33 +16,25 @@ configs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..model import Features, ModelConfig, MultimodalModel
+from ..model import Features, ModalityDropoutChoice, ModelConfig, MultimodalModel
 from ..registry import register_method
-
-
-PLACEHOLDERS = {"image": ("black", "zeros", "ones"), "audio": ("silence", "zeros", "ones")}
-"""The raw placeholder (a black image or frames, one second of silence), or the model input filled with 0 or 1
-after normalization."""
 
 
 @dataclass
 class PlaceholderConfig(ModelConfig):
-    placeholder: str = "black"
+    """The raw placeholder (a black image or frames, one second of silence), or the model input filled with 0 or 1
+    after normalization."""
+
+    placeholder: Literal["black", "zeros", "ones"] = "black"
     """Image and video frames in place of a missing one: `black` (default: a black image, normalized as any image
     is), `zeros` (pixel values 0 after normalization, the paper's wording) or `ones` (1, MAP's code)."""
-    audio_placeholder: str = "silence"
+    audio_placeholder: Literal["silence", "zeros", "ones"] = "silence"
     """Audio in place of a missing clip: `silence` (default: one second, through the feature extractor),
     `zeros` or `ones` (the normalized spectrogram filled with 0 or 1)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        for kind, value in (("image", self.placeholder), ("audio", self.audio_placeholder)):
-            if value not in PLACEHOLDERS[kind]:
-                option = "placeholder" if kind == "image" else "audio_placeholder"
-                raise ValueError(f"{option} must be one of {', '.join(PLACEHOLDERS[kind])}, got {value!r}")
 
 
 @register_method("baseline")
@@ -75,7 +67,7 @@ class PlaceholderFusion(MultimodalModel):
 
 @dataclass
 class DropoutConfig(PlaceholderConfig):
-    modality_dropout: str = "leave_one_out"
+    modality_dropout: ModalityDropoutChoice = "leave_one_out"
 
 
 @register_method("dropout")

@@ -43,31 +43,32 @@ Choices where the paper is silent, each an option:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
-from ..model import Features, ModelConfig, MultimodalModel
+from ..model import Features, ModalityDropoutChoice, ModelConfig, MultimodalModel
 from ..processing import Batch
 from ..registry import register_method
-
-ALIGN_DENOMINATORS = ("paper", "symmetric", "none")
 
 
 @dataclass
 class CMPTConfig(ModelConfig):
-    modality_dropout: str = "leave_one_out"
+    modality_dropout: ModalityDropoutChoice = "leave_one_out"
     align_weight: float = 0.2
-    align_denominator: str = "none"
+    """lambda of eq. 7: the alignment loss's weight."""
+    align_denominator: Literal["none", "paper", "symmetric"] = "none"
     """`none` (the default, chosen on the demo's evidence: BENCHMARKS.md), `paper` (eq. 4 as written: the shipped
     configs of the paper's experiments use it) or `symmetric`; see the module docstring."""
     align_detach_target: bool = False
+    """Detach the class outputs that the proxies are aligned to (numerator and denominator); the paper's formula
+    reads as no detach."""
     align_eps: float = 1e-6
+    """Guards every denominator of the alignment loss."""
 
     def __post_init__(self):
         super().__post_init__()
-        if self.align_denominator not in ALIGN_DENOMINATORS:
-            raise ValueError(f"align_denominator must be one of {ALIGN_DENOMINATORS}, got {self.align_denominator!r}")
         if len(self.encoders) < 2:
             raise ValueError("CMPT needs at least two modalities")
         if self.align_weight < 0 or self.align_eps <= 0:

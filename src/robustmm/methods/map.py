@@ -43,42 +43,37 @@ Choices where MAP is silent or does otherwise, each an option:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 
 from ..adapters import AdapterConfig
 from ..encoders import EncoderContext, availability_patterns
-from ..model import Features
+from ..model import Features, ModalityDropoutChoice
 from ..registry import register_method
 from .baseline import PlaceholderConfig, PlaceholderFusion
-
-PROMPT_TYPES = ("input", "attention")
-PROMPT_INITS = ("map", "normal")
-HEADS = ("map", "linear")
 
 
 @dataclass
 class MAPConfig(PlaceholderConfig):
-    modality_dropout: str = "leave_one_out"
+    modality_dropout: ModalityDropoutChoice = "leave_one_out"
     prompt_length: int = 16
+    """Prompt tokens per layer and pattern (MAP: 16)."""
     prompt_depth: int = 6
     """Prompt layers 0 .. depth - 1 (MAP: 6 of ViLT's 12), clamped to the shallowest encoder's depth."""
-    prompt_type: str = "input"
-    prompt_init: str = "map"
-    head: str = "map"
+    prompt_type: Literal["input", "attention"] = "input"
+    """`input`: each layer's prompts are inserted and stay for the following layers (MAP's default);
+    `attention`: they take part in their layer only, as extra keys and values."""
+    prompt_init: Literal["map", "normal"] = "map"
+    """`map`: zeros with one row of ones, a different row per pattern (MAP's code); `normal`: N(0, 0.02^2)."""
+    head: Literal["map", "linear"] = "map"
     """`map`: ViLT's pooler then MAP's `Linear-LayerNorm-GELU-Linear`; `linear`: one linear layer."""
     adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="none"))
     """MAP freezes its transformer: no adapter (`adapter=lora` adds robustmm's rank-1 LoRA)."""
 
     def __post_init__(self):
         super().__post_init__()
-        if self.prompt_type not in PROMPT_TYPES:
-            raise ValueError(f"prompt_type must be one of {', '.join(PROMPT_TYPES)}, got {self.prompt_type!r}")
-        if self.prompt_init not in PROMPT_INITS:
-            raise ValueError(f"prompt_init must be one of {', '.join(PROMPT_INITS)}, got {self.prompt_init!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.prompt_length < 1 or self.prompt_depth < 1:
             raise ValueError(
                 f"prompt_length and prompt_depth must be >= 1, got {self.prompt_length}, {self.prompt_depth}"

@@ -78,39 +78,47 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..adapters import AdapterConfig
-from ..model import Features, ModelConfig, MultimodalModel, scatter_rows
+from ..model import Features, ModalityDropoutChoice, ModelConfig, MultimodalModel, scatter_rows
 from ..processing import Batch
 from ..registry import register_method
 
-FBP_KINDS = ("mfb", "concat")
-POOLINGS = ("mean", "first")
-CCA_FEATURES = ("attended", "projected")
 POWER_EPS = 1e-8
 """Keeps the gradient of MFB's signed square root finite at zero."""
 
 
 @dataclass
 class MoLTConfig(ModelConfig):
-    modality_dropout: str = "leave_one_out"
+    modality_dropout: ModalityDropoutChoice = "leave_one_out"
     latent_size: int = 256
     """d_c: width of the shared latent space, the robust features and the fusion."""
     layers: list[int] | None = None
     """Layer outputs to tap (1-based, counted in the shallowest encoder); None taps every layer."""
     normalize_states: bool = True
+    """Layer-normalise each tapped state (no learned scale) before the projection; False: as written."""
     cross_heads: int = 1
-    pooling: str = "mean"
-    fbp: str = "mfb"
+    """Heads of the cross-attention (1: the equations' single softmax); d_c is split between them."""
+    pooling: Literal["mean", "first"] = "mean"
+    """`mean` over each modality's valid tokens (text padding excluded), or `first`: the class token's output."""
+    fbp: Literal["mfb", "concat"] = "mfb"
+    """FBP read as Factorized Bilinear Pooling (`mfb`, a hypothesis), or `concat`: a linear map of the
+    concatenated pooled features."""
     mfb_factor: int = 5
+    """k of MFB's sum pooling."""
     fusion_layers: int = 2
+    """Post-norm Transformer encoder layers of the fusion."""
     fusion_heads: int = 4
+    """Attention heads of the fusion's layers."""
     fusion_dropout: float = 0.1
+    """Dropout of the fusion's layers."""
     cca_weight: float = 0.1
+    """beta: the correlation loss's weight."""
     cca_ridge: float = 1e-3
     cca_ridge_relative: bool = True
     """The ridge is `cca_ridge` times each covariance's mean variance (scale-free); False: `cca_ridge` itself."""
@@ -118,7 +126,8 @@ class MoLTConfig(ModelConfig):
     """o: width of deep CCA's output layer on which the correlation is measured; None: the latents (d_c)."""
     cca_components: int | None = None
     """Sum only the top k canonical correlations; None sums all of them (the trace norm)."""
-    cca_features: str = "attended"
+    cca_features: Literal["attended", "projected"] = "attended"
+    """The correlation loss reads the pooled cross-attended features (`attended`) or the pooled projections."""
     module_lr_scale: float = 0.1
     """MoLT's own modules (projections, attention, FBP, mask tokens, fusion) train at 0.1x the run's learning
     rate: 1e-4, the reconstruction's rate, under the paper configs' 1e-3. On the demo (lr 1e-2), the 3.7M-parameter
@@ -130,9 +139,6 @@ class MoLTConfig(ModelConfig):
         super().__post_init__()
         if len(self.encoders) < 2:
             raise ValueError("MoLT needs at least two modalities")
-        for name, allowed in (("fbp", FBP_KINDS), ("pooling", POOLINGS), ("cca_features", CCA_FEATURES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("latent_size", "cross_heads", "fusion_heads", "fusion_layers", "mfb_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

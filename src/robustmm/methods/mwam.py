@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -66,17 +67,13 @@ from ..checks import check_field_types
 from ..model import Features, Plugin
 from ..registry import PLUGINS
 
-MODES = ("gradient", "loss", "hybrid")
-APPLIES = ("lr", "gradient")
-SCALES = ("none", "first_steps")
-REDUCTIONS = ("mean", "sum")
 
 
 @dataclass
 class MWAMConfig:
-    mode: str = "hybrid"
+    mode: Literal["gradient", "loss", "hybrid"] = "hybrid"
     """`gradient`, `loss` or `hybrid` (both; the paper's best)."""
-    apply: str = "lr"
+    apply: Literal["lr", "gradient"] = "lr"
     """How `gradient` mode's K acts: `lr`, a per-step scale of the modality's learning rate (survives Adam), or
     `gradient`, a scale of its accumulated gradients (the paper's edit; equal under plain SGD)."""
     alpha: float = 1.5
@@ -90,20 +87,15 @@ class MWAMConfig:
     patch: int = 8
     band: int = 2
     sigma: float = 1e-6
-    frm_reduce: str = "mean"
+    frm_reduce: Literal["mean", "sum"] = "mean"
     """`mean` over the patches with any signal (bounded in the input's size), or `sum` (eq. 4)."""
     frm_floor: float = 0.1
     """Each FRM denominator plus this fraction of the patch's RMS coefficient (bounded, scale-free); 0: eq. 4."""
-    scale: str = "none"
+    scale: Literal["none", "first_steps"] = "none"
     scale_steps: int = 50
 
     def __post_init__(self):
         check_field_types(self, "mwam_")
-        if self.mode not in MODES:
-            raise ValueError(f"mwam mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name, allowed in (("apply", APPLIES), ("scale", SCALES), ("frm_reduce", REDUCTIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"mwam {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.frm_floor < 0:
             raise ValueError(f"mwam frm_floor must be >= 0, got {self.frm_floor}")
         if not 0 < self.band <= self.patch // 2:

@@ -91,7 +91,7 @@ import torch.nn.functional as F
 
 from ..adapters import AdapterConfig
 from ..encoders import EncoderContext, availability_patterns
-from ..model import Features, ModelConfig, MultimodalModel
+from ..model import Features, ModalityDropoutChoice, ModelConfig, MultimodalModel
 from ..registry import register_method
 
 PRESENT, MISSING = 0, 1
@@ -100,7 +100,7 @@ PRESENT, MISSING = 0, 1
 
 @dataclass
 class REPConfig(ModelConfig):
-    modality_dropout: str = "leave_one_out"
+    modality_dropout: ModalityDropoutChoice = "leave_one_out"
     module_lr_scale: float = 0.1
     """REP's buffers, generators, dynamic tokens and replay train at 0.1x the run's learning rate: 1e-3 under the
     demo's 1e-2, where the full rate collapsed the text-only pattern to one class (image missing: 0.10 against

@@ -87,7 +87,7 @@ def run_result(run_dir: Path, test, datasets: dict, log=None) -> RunResult:
     from ..config import RUN_CONFIG, read_run_config
     from ..data.protocol import rate_sweep
     from ..evaluation import evaluate_run
-    from ..registry import load_model
+    from ..serialisation import load_model
 
     config = read_run_config(run_dir / RUN_CONFIG)
     evaluated = evaluate_run(run_dir, ["complete", "missing", "sweep"], SWEEP_RATES, datasets=datasets, log=log)
@@ -163,7 +163,7 @@ def from_demo(result: dict, models: Path, logits: dict, max_samples: int = ANALY
 
     from ..console import quiet_libraries
     from ..data.synthetic import SyntheticBenchmark, SyntheticConfig
-    from ..registry import load_model
+    from ..serialisation import load_model
 
     quiet_libraries()
     config = result["config"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from ...checks import checked_value
 from ..audio_visual import AudioVisualDataset, Clip
 from ..registry import register_dataset
 
 LISTS = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
-DUPLICATES = ("keep", "drop")
+Duplicates = Literal["keep", "drop"]
 
 
 @register_dataset("ave")
@@ -28,10 +31,8 @@ class AVE(AudioVisualDataset):
     splits = ("train", "val", "test")
     lists_validation = True
 
-    def __init__(self, root, split="train", *, duplicates: str = "keep", **options):
-        if duplicates not in DUPLICATES:
-            raise ValueError(f"duplicates must be one of {', '.join(DUPLICATES)}, got {duplicates!r}")
-        self.duplicates = duplicates
+    def __init__(self, root, split="train", *, duplicates: Duplicates = "keep", **options):
+        self.duplicates = checked_value(duplicates, Duplicates, "duplicates")
         super().__init__(root, split, **options)
 
     def annotations(self, name: str):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Literal
 
 import pyarrow as pa
 
-from ...checks import load_json
+from ...checks import checked_value, load_json
 from ..base import DatasetError, Record, existing
 from ..image_text import ImageTextDataset, Item
 from ..registry import register_dataset
@@ -17,14 +18,13 @@ GENRES = (
     "Sport", "Short", "Film-Noir",
 )  # fmt: skip
 """The 23 genres in the order of MAP's `write_mmimdb.py` (its multi-hot label columns)."""
-PLOT_MODES = ("first", "join", "each")
+PlotMode = Literal["first", "join", "each"]
 SPLIT_KEYS = {"train": ("train",), "val": ("dev", "val"), "test": ("test",)}
 
 
-def plot_texts(plots, mode: str) -> list:
+def plot_texts(plots, mode: PlotMode) -> list:
     """The texts one movie contributes: its first plot, all plots joined, or each plot as its own sample."""
-    if mode not in PLOT_MODES:
-        raise ValueError(f"plots must be one of {', '.join(PLOT_MODES)}, got {mode!r}")
+    checked_value(mode, PlotMode, "plots")
     plots = [plots] if isinstance(plots, str) else [p for p in plots or [] if isinstance(p, str) and p.strip()]
     texts = {"first": plots[:1], "join": [" ".join(plots)] if plots else [], "each": plots}[mode]
     return texts or [None]

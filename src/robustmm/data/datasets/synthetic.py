@@ -16,16 +16,18 @@ import shutil
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from ...checks import checked_value
 from ..synthetic import MODALITIES, SyntheticBenchmark, SyntheticConfig
 from ..registry import register_dataset
 from .generic import MANIFEST, Generic
 
 FORMAT = 1
 """Part of the folder's digest: bump it when the rendered layout changes, so old folders are never reused."""
-VAL_PATTERNS = ("mixed", "complete")
+ValPatterns = Literal["mixed", "complete"]
 GENERATOR_SETTINGS = tuple(f.name for f in fields(SyntheticConfig))
 
 
@@ -49,15 +51,14 @@ class Synthetic(Generic):
     layout = "root/synthetic-<digest of every setting>/: rendered on first use in the generic layout"
 
     def __init__(self, root, split="train", *, modalities=("image", "text"), train_size: int = 1200,
-                 val_size: int = 300, test_size: int = 1000, val_patterns: str = "mixed", **options):
+                 val_size: int = 300, test_size: int = 1000, val_patterns: ValPatterns = "mixed", **options):
         generator = {name: options.pop(name) for name in GENERATOR_SETTINGS if name in options}
         names = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
         sizes = {"train": train_size, "val": val_size, "test": test_size}
         for name, size in sizes.items():
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ValueError(f"synthetic: {name}_size must be a positive integer, got {size!r}")
-        if val_patterns not in VAL_PATTERNS:
-            raise ValueError(f"synthetic: val_patterns must be one of {', '.join(VAL_PATTERNS)}, got {val_patterns!r}")
+        checked_value(val_patterns, ValPatterns, "synthetic: val_patterns")
         benchmark = SyntheticBenchmark(SyntheticConfig(**generator), modalities=tuple(names))
         Path(root).mkdir(parents=True, exist_ok=True)
         folder = rendered(Path(root), benchmark, sizes, val_patterns)
