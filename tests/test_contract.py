@@ -10,10 +10,21 @@ from robustmm.contract import build, every_pattern
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-VARIANTS = [(name, {}) for name in robustmm.list_methods()] + [("cmpt", {"mwam": True})]
+VARIANTS = [(name, {}) for name in robustmm.list_methods()] + [
+    ("cmpt", {"mwam": True}),
+    ("baseline", {"fusion": "gated_mean"}),
+    ("cmpt", {"fusion": "concat"}),
+    ("map", {"fusion": "transformer", "fusion_layers": 1}),
+]
+"""Every method with its defaults, a plug-in on one, and fusions swapped on methods whose fusion is generic."""
 
 
-@pytest.fixture(params=VARIANTS, ids=lambda v: v[0] + "".join(f"+{k}" for k in v[1]))
+def variant_id(variant) -> str:
+    method, options = variant
+    return method + "".join(f"+{key}" if value is True else f"+{value}" for key, value in list(options.items())[:1])
+
+
+@pytest.fixture(params=VARIANTS, ids=variant_id)
 def variant(request):
     return request.param
 

@@ -92,7 +92,7 @@ def test_the_adapter_shorthands_make_one_adapter_config():
     whole = cmpt.config_from_kwargs({"a": "a", "b": "b"}, 2, adapter={"kind": "vera", "rank": 2}, alpha=2.0).adapter
     assert (whole.kind, whole.rank, whole.alpha) == ("vera", 2, 2.0)
     assert METHODS.get("map").config_from_kwargs({"a": "a", "b": "b"}, 2, rank=3).adapter.kind == "none"
-    assert list(cmpt.own_option_fields())[-4:] == ["adapter", "rank", "alpha", "adapter_dropout"]
+    assert list(cmpt.own_option_fields())[-5:] == ["adapter", "rank", "alpha", "adapter_dropout", "fusion_norm"]
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,5 +1,6 @@
 """Every Python block of the README runs: the walk-through and "Adding a method" blocks in their own tests, every
-other block here, with tiny stand-in encoders where it names hub ids and the samples it assumes."""
+other block here ("Adding a fusion" is the built-in `gated_mean` as it is), with tiny stand-in encoders where it
+names hub ids and the samples it assumes."""
 
 import re
 from pathlib import Path
@@ -14,12 +15,35 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def blocks_not_run_elsewhere() -> list[str]:
-    """The README's Python blocks but the walk-through's (test_walkthrough.py) and the method example's
-    (test_readme_method.py)."""
+    """The README's Python blocks but the walk-through's (test_walkthrough.py), the method example's
+    (test_readme_method.py) and the fusion's (below)."""
     text = README.read_text()
     walkthrough = re.search(r"<!-- walkthrough:python -->\n```python\n(.*?)```", text, re.S).group(1)
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    return [b for b in blocks if b != walkthrough and "@robustmm.register_method(" not in b]
+    return [b for b in blocks if b != walkthrough and "@robustmm.register_method(" not in b
+            and "@robustmm.register_fusion(" not in b]
+
+
+def test_the_fusion_example_is_the_built_in_gated_mean_and_fuses_the_visible_features(tiny_encoders):
+    import torch
+
+    import robustmm
+    from robustmm.contract import every_pattern
+
+    section = README.read_text().split("## Adding a fusion", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    source = Path(robustmm.__file__).parent / "fusions" / "gated_mean.py"
+    assert code == source.read_text() and len(code.splitlines()) <= 40
+    encoders = {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}
+    model = robustmm.build_model("rep", encoders=encoders, num_classes=3, buffer_length=2, depth=2,
+                                 fusion="gated_mean", fusion_gate_init=0.5)
+    with torch.no_grad():
+        model.fusion.gates["text"].fill_(-2.0)  # its magnitude weighs
+    output = model.eval()(model.collate(every_pattern(["image", "text"], 1)))
+    cls, visible = output.features.cls, output.visible
+    weights = {"image": 0.5 * visible["image"][:, None], "text": 2.0 * visible["text"][:, None]}
+    expected = (weights["image"] * cls["image"] + weights["text"] * cls["text"]) / (weights["image"] + weights["text"])
+    torch.testing.assert_close(output.fused, expected)
 
 
 def test_the_use_block_runs_with_stand_in_encoders(tiny_encoders, tmp_path, monkeypatch):

@@ -3,8 +3,11 @@ is imported on first use; a saved model records where an outside plug-in lives, 
 to make it known."""
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +15,17 @@ import torch
 import robustmm
 from robustmm.contract import every_pattern
 from robustmm.data.registry import DATASETS
-from robustmm.registry import PLUGINS, outside_modules
+from robustmm.registry import FUSIONS, PLUGINS, outside_modules
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SOURCE = textwrap.dedent('''
-    """A plug-in and a dataset class of a package outside robustmm, declared as entry points only."""
+    """A plug-in, a fusion and a dataset class of a package outside robustmm, declared as entry points only."""
     from dataclasses import dataclass
 
     import torch
 
+    from robustmm.fusions import Fusion
     from robustmm.model import Plugin
 
 
@@ -39,6 +43,18 @@ SOURCE = textwrap.dedent('''
             return {"quiet": (sum(c.pow(2).mean() for c in features.cls.values()), self.config.weight)}
 
 
+    class MaxPool(Fusion):
+        """Elementwise maximum over the visible modalities' features."""
+
+        @property
+        def out_features(self):
+            return max(self.in_features.values())
+
+        def forward(self, features, visible):
+            shown = [f.masked_fill(~visible[m][:, None], float("-inf")) for m, f in features.items()]
+            return torch.stack(shown).max(0).values
+
+
     class Toy:
         """A dataset reader stand-in."""
 ''')
@@ -53,12 +69,14 @@ def installed(tmp_path, monkeypatch):
     (site / "outside_parts.py").write_text(SOURCE)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: outside-parts\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        "[robustmm.plugins]\nquiet = outside_parts:Quiet\n\n[robustmm.datasets]\ntoy = outside_parts:Toy\n"
+        "[robustmm.plugins]\nquiet = outside_parts:Quiet\n\n[robustmm.fusions]\nmax_pool = outside_parts:MaxPool\n\n"
+        "[robustmm.datasets]\ntoy = outside_parts:Toy\n"
         "broken = outside_parts_missing:Nothing\n"
     )
     monkeypatch.syspath_prepend(str(site))
     yield site
     PLUGINS.entries.pop("quiet", None)
+    FUSIONS.entries.pop("max_pool", None)
     DATASETS.entries.pop("toy", None)
     sys.modules.pop("outside_parts", None)
 
@@ -95,6 +113,39 @@ def test_an_outside_plugin_trains_saves_its_source_and_is_named_when_unknown(ins
     assert "plug-in 'absent' is not known in this process, which it records as absent_package:Absent" in message
     assert "group robustmm.plugins" in message and "--import absent_package" in message
     assert "damaged" not in message
+
+
+def test_an_outside_fusion_is_swapped_in_recorded_and_loads_in_a_fresh_process_only_when_known(
+    installed, tiny_encoders, tmp_path
+):
+    assert "max_pool" in FUSIONS.names() and FUSIONS.summary("max_pool").startswith("Elementwise maximum")
+    encoders = {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}
+    model = robustmm.build_model("baseline", encoders=encoders, num_classes=3, fusion="max_pool").eval()
+    samples = every_pattern(["image", "text"], 1)
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "robustmm_config.json").read_text())
+    assert saved["fusion"] == "max_pool" and saved["sources"] == {"max_pool": "outside_parts:MaxPool"}
+    torch.save(model.predict(samples), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import importlib, sys, torch
+        import robustmm
+        from robustmm.contract import every_pattern
+        try:
+            robustmm.load_model({str(tmp_path / "m")!r})
+        except ValueError as error:
+            print("REFUSED", error)
+        sys.path.insert(0, {str(installed)!r})
+        importlib.invalidate_caches()
+        loaded = robustmm.load_model({str(tmp_path / "m")!r})  # the installed entry point makes it known
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        print("SAME", torch.equal(loaded.predict(every_pattern(["image", "text"], 1)), expected))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(robustmm.__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "REFUSED" in done.stdout and "fusion 'max_pool' is not known in this process" in done.stdout
+    assert "records as outside_parts:MaxPool" in done.stdout and "--import outside_parts" in done.stdout
+    assert "SAME True" in done.stdout
 
 
 def test_every_command_takes_import():

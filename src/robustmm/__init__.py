@@ -25,6 +25,7 @@ _EXPORTS = {
     "list_methods": "registry",
     "load_model": "serialisation",
     "predict_file": "predict",
+    "register_fusion": "registry",
     "register_method": "registry",
     "train": "training",
     "write_example": "example",

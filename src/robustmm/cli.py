@@ -22,7 +22,7 @@ def _bench(args) -> None:
 
 
 def _methods(args) -> None:
-    from .registry import METHODS, PLUGINS
+    from .registry import FUSIONS, METHODS, PLUGINS
 
     def show(options: dict, helps: dict) -> None:
         """Each option as `name: type or choices = default`, then the first sentence of its help, wrapped."""
@@ -51,15 +51,22 @@ def _methods(args) -> None:
             print(f"    - {departure}")
 
     for name in METHODS.names():
-        print(f"{name:<10} {METHODS.summary(name)}{origin(METHODS, name)}")
+        print(f"{name:<11} {METHODS.summary(name)}{origin(METHODS, name)}")
         if args.options:
             from .options import option_help
 
             departures(METHODS.get(name))
             show(METHODS.get(name).own_option_fields(), option_help(METHODS.get(name)))
+    print("fusions, on any method whose fusion is generic (e.g. --option fusion=concat; options fusion_<name>):")
+    for name in FUSIONS.names():
+        print(f"{name:<11} {FUSIONS.summary(name)}{origin(FUSIONS, name)}")
+        if args.options:
+            from .options import fusion_option_fields, fusion_option_help
+
+            show(fusion_option_fields(name), fusion_option_help(name))
     print("plug-ins, on any method (e.g. --option mwam=true):")
     for name in PLUGINS.names():
-        print(f"{name:<10} {PLUGINS.summary(name)}{origin(PLUGINS, name)}")
+        print(f"{name:<11} {PLUGINS.summary(name)}{origin(PLUGINS, name)}")
         if args.options:
             from .options import plugin_option_fields, plugin_option_help
 

@@ -46,7 +46,7 @@ class ModelSection:
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the method (`build_model`), e.g. align_weight, adapter, rank. The seed is `train.seed`."""
     sources: dict[str, str] = field(default_factory=dict)
-    """Where the run's outside method and plug-ins live (name -> module:Class), recorded by `robustmm train`
+    """Where the run's outside method, plug-ins and fusion live (name -> module:Class), recorded by `robustmm train`
     for the messages of a process that does not know them; never imported on its say."""
 
 

@@ -17,7 +17,7 @@ import itertools
 import os
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -30,7 +30,8 @@ from .adapters import AdapterConfig
 from .checks import check_field_types
 from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
-from .registry import PLUGINS
+from .fusions import Fusion
+from .registry import FUSIONS, PLUGINS
 
 ModalityDropoutChoice = Literal["none", "leave_one_out", "subsets"]
 """The values of `ModelConfig.modality_dropout`, for method configs that change its default."""
@@ -55,12 +56,12 @@ class ModelConfig:
     """`batch`: one draw per training step, as the paper ("in each iteration"); `sample`: one draw per sample."""
     seed: int = 0
     """Initial values of proxies and head, and the modality-dropout stream."""
-    fusion_norm: Literal["none", "layernorm"] = "none"
-    """`none` (the paper's plain sum) or `layernorm`: each encoder's class and proxy outputs are normalized to zero
-    mean and unit variance over the features (no learned scale) before fusion and the alignment loss. Use it when
-    the encoders' features differ in scale (e.g. an encoder that ends without a LayerNorm next to one that ends
-    with it): additive fusion otherwise hears the larger one louder. Real ViT-B and BERT-base both end in
-    LayerNorm, the situation of the paper."""
+    fusion: str = "sum"
+    """How the modalities' features become the head's input, on a method whose fusion is generic (its docstring
+    says): `sum`, `concat`, `gated_mean`, `transformer` (`robustmm.fusions`) or one registered with
+    `register_fusion`. Its options are `fusion_<option>`, e.g. `fusion_norm`."""
+    fusion_options: dict = field(default_factory=dict)
+    """The fusion's options, name -> value (as keyword options, `fusion_<option>=value`)."""
     module_lr_scale: float = 1.0
     """Learning rate of the method's own modules (prompts, proxies, generators, fusion blocks: every trainable
     parameter but the adapters, the head and plug-ins) relative to the run's, which suits low-rank adapters."""
@@ -95,6 +96,7 @@ class ModelConfig:
             name: asdict(PLUGINS.get(name).config_class(**dict(options or {})))
             for name, options in self.plugins.items()
         }
+        self.fusion_options = fusion_options(FUSIONS.get(self.fusion), self.fusion_options)
 
     @property
     def modalities(self) -> list[str]:
@@ -102,6 +104,17 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def fusion_options(fusion_class: type, given: dict) -> dict:
+    """A fusion's options, checked by its config and completed with its defaults; an unknown one names the
+    fusion's options."""
+    known = [f.name for f in fields(fusion_class.config_class)]
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"fusion {fusion_class.fusion!r} has no option {', '.join(f'fusion_{k}' for k in unknown)}; "
+                         f"its options are {', '.join(f'fusion_{k}' for k in known)}")
+    return asdict(fusion_class.config_class(**given))
 
 
 def encoder_config(modality: str, given) -> EncoderConfig:
@@ -227,6 +240,8 @@ class MultimodalModel(TrainingHooks, nn.Module):
             )
             self.hidden_sizes = {m: e.hidden_size for m, e in self.encoders.items()}
             self.build()
+            if "fusion" not in self._modules:  # a method may build its fusion in `build` (MoLT, with its tokens)
+                self.fusion = self.build_fusion()
             self.head = self.build_head()
             self.plugins = nn.ModuleDict(
                 {
@@ -247,14 +262,16 @@ class MultimodalModel(TrainingHooks, nn.Module):
         """The classifier on the fused feature: one linear layer unless the method's source builds another."""
         return nn.Linear(self.fused_size(), self.config.num_classes)
 
+    def build_fusion(self, **arguments) -> Fusion:
+        """The fusion the config names (`ModelConfig.fusion`, with `fusion_options`) over the encoders' widths;
+        `arguments` go to its constructor (MoLT's width and added tokens). Runs after `build`, unless `build` has
+        set `self.fusion` itself."""
+        fusion_class = FUSIONS.get(self.config.fusion)
+        return fusion_class(self.hidden_sizes, fusion_class.config_class(**self.config.fusion_options), **arguments)
+
     def fused_size(self) -> int:
-        """Width of the fused feature, the head's input. Additive fusion needs encoders of one width."""
-        if len(set(self.hidden_sizes.values())) != 1:
-            raise ValueError(
-                f"additive fusion needs encoders of one hidden size, got {self.hidden_sizes}; "
-                "choose encoders that match"
-            )
-        return next(iter(self.hidden_sizes.values()))
+        """Width of the fused feature, the head's input: the fusion's."""
+        return self.fusion.out_features
 
     def encode(self, batch: Batch, visible: dict[str, torch.Tensor]) -> Features:
         """Per-modality features. By default each encoder runs on the samples that show its modality."""
@@ -265,7 +282,10 @@ class MultimodalModel(TrainingHooks, nn.Module):
         return Features(cls)
 
     def fuse(self, features: Features, visible: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The fused feature [B, fused_size]: by default the fusion of the class features, those of a modality
+        not visible being zero and not visible to the fusion. A method with a stand-in for a missing modality
+        fills it in first and shows the fusion every modality."""
+        return self.fusion(features.cls, visible)
 
     def auxiliary_losses(
         self, features: Features, present: dict[str, torch.Tensor], batch: Batch
@@ -350,8 +370,8 @@ class MultimodalModel(TrainingHooks, nn.Module):
         context = EncoderContext(visible if visible is not None else batch.present).rows(keep)
         out = self.encoders[modality](inputs, context, output_hidden_states)
         return EncoderOutput(
-            scatter_rows(self.fusion_normalize(out.cls), keep),
-            {name: scatter_rows(self.fusion_normalize(t), keep) for name, t in out.prefix.items()},
+            scatter_rows(self.fusion.normalize(out.cls), keep),
+            {name: scatter_rows(self.fusion.normalize(t), keep) for name, t in out.prefix.items()},
             None if out.hidden_states is None else tuple(scatter_rows(h, keep) for h in out.hidden_states),
         )
 
@@ -368,13 +388,12 @@ class MultimodalModel(TrainingHooks, nn.Module):
         if modality not in self._placeholder_inputs:
             self._placeholder_inputs[modality] = self.placeholder_inputs(modality)
         inputs = {k: v.to(device) for k, v in self._placeholder_inputs[modality].items()}
-        return self.fusion_normalize(self.encoders[modality](inputs, context).cls)[0]
+        return self.fusion.normalize(self.encoders[modality](inputs, context).cls)[0]
 
-    def fusion_normalize(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs as fusion sees them (`ModelConfig.fusion_norm`)."""
-        if self.config.fusion_norm == "layernorm":
-            return F.layer_norm(features, features.shape[-1:])
-        return features
+    @staticmethod
+    def every_modality(visible: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`visible` with every modality shown: what a method that fills in missing modalities gives its fusion."""
+        return {m: torch.ones_like(v) for m, v in visible.items()}
 
     def drop_modalities(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training-time modality dropout over the truly present modalities; never leaves a sample empty."""

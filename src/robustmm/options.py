@@ -2,8 +2,9 @@
 they make.
 
 A method's options are its config dataclass's fields (each option's help is the string literal under its field),
-the adapter shorthands (`adapter`, `rank`, `alpha`, `adapter_dropout`, which make its `AdapterConfig`), and each
-plug-in's, as `<plugin>` (on or off) and `<plugin>_<option>`. Value checks live with the configs
+the adapter shorthands (`adapter`, `rank`, `alpha`, `adapter_dropout`, which make its `AdapterConfig`), the
+fusion's (`fusion` names it, `fusion_<option>` sets its options), and each plug-in's, as `<plugin>` (on or off)
+and `<plugin>_<option>`. Value checks live with the configs
 (`checks.check_field_types`, then each config's checks across fields).
 """
 
@@ -19,12 +20,12 @@ from dataclasses import MISSING, fields, is_dataclass, replace
 from typing import Any
 
 from .adapters import AdapterConfig
-from .registry import PLUGINS
+from .registry import FUSIONS, PLUGINS
 
 ADAPTER_SHORTHANDS = {"adapter": "kind", "rank": "rank", "alpha": "alpha", "adapter_dropout": "dropout"}
 """Options of every method that make its `AdapterConfig` -> the AdapterConfig field each sets. `adapter` may also
 be a whole AdapterConfig."""
-CONFIG_ONLY = ("encoders", "num_classes", "plugins", "adapter")
+CONFIG_ONLY = ("encoders", "num_classes", "plugins", "adapter", "fusion_options")
 """Config fields that are arguments or made from other options, not options of their own."""
 
 
@@ -79,18 +80,35 @@ def adapter_option_fields(method_class) -> dict[str, tuple[Any, Any]]:
     return {option: (hints[name], getattr(adapter, name)) for option, name in ADAPTER_SHORTHANDS.items()}
 
 
+def default_fusion(method_class) -> str:
+    return method_class.config_class.__dataclass_fields__["fusion"].default
+
+
+def fusion_option_fields(name: str) -> dict[str, tuple[Any, Any]]:
+    """A fusion's keyword options, `fusion_<option>` -> (type, default)."""
+    return {f"fusion_{k}": v for k, v in described_fields(FUSIONS.get(name).config_class).items()}
+
+
+def fusion_option_help(name: str) -> dict[str, str]:
+    return {f"fusion_{k}": doc for k, doc in field_docs(FUSIONS.get(name).config_class).items()}
+
+
 def option_help(method_class) -> dict[str, str]:
-    """Option name -> its help (the field's docstring), for the method's own options and the adapter shorthands."""
+    """Option name -> its help (the field's docstring), for the method's own options, the adapter shorthands and
+    its default fusion's options."""
     docs = dict(field_docs(method_class.config_class))
     adapter_docs = field_docs(AdapterConfig)
     docs.update({option: adapter_docs.get(name, "") for option, name in ADAPTER_SHORTHANDS.items()})
+    docs.update(fusion_option_help(default_fusion(method_class)))
     return docs
 
 
 def own_option_fields(method_class) -> dict[str, tuple[Any, Any]]:
-    """The method's keyword options, name -> (type, default): its config's fields and the adapter shorthands."""
+    """The method's keyword options, name -> (type, default): its config's fields, the adapter shorthands and the
+    options of its default fusion."""
     options = described_fields(method_class.config_class, skip=CONFIG_ONLY)
     options.update(adapter_option_fields(method_class))
+    options.update(fusion_option_fields(default_fusion(method_class)))
     return options
 
 
@@ -107,8 +125,11 @@ def plugin_option_fields(name: str) -> dict[str, tuple[Any, Any]]:
 
 
 def option_fields(method_class) -> dict[str, tuple[Any, Any]]:
-    """Every keyword option of `config_from_kwargs`: the method's own and every plug-in's."""
+    """Every keyword option of `config_from_kwargs`: the method's own, every fusion's and every plug-in's."""
     options = own_option_fields(method_class)
+    for name in FUSIONS.names():
+        for option, described in fusion_option_fields(name).items():
+            options.setdefault(option, described)
     for name in PLUGINS.names():
         options.update(plugin_option_fields(name))
     return options
@@ -141,11 +162,21 @@ def plugins_from_options(options: dict) -> dict[str, dict]:
     return plugins
 
 
+def fusion_from_options(config_fields: set[str], options: dict) -> None:
+    """Gather the `fusion_<option>` options (in place) into `fusion_options`."""
+    prefixed = {k: options.pop(k) for k in list(options) if k.startswith("fusion_") and k not in config_fields}
+    if prefixed:
+        options["fusion_options"] = {**dict(options.get("fusion_options") or {}),
+                                     **{k.removeprefix("fusion_"): v for k, v in prefixed.items()}}
+
+
 def config_from_kwargs(method_class, encoders, num_classes, **options):
     """The method's config from keyword options; an unknown option is a TypeError that lists the known ones."""
+    config_fields = {f.name for f in fields(method_class.config_class)}
     adapter_from_options(method_class, options)
     plugins = plugins_from_options(options)
-    unknown = set(options) - {f.name for f in fields(method_class.config_class)}
+    fusion_from_options(config_fields, options)
+    unknown = set(options) - config_fields
     if unknown:
         raise TypeError(
             f"method {method_class.method!r} has no option {', '.join(sorted(unknown))}; "

@@ -5,7 +5,7 @@ This module imports nothing heavy: the built-in entries are listed by name and i
 `robustmm methods` and `--help` answer without loading PyTorch, and registering a method of one's own is one
 decorator.
 
-Code written outside robustmm (a method, plug-in, dataset, and later a fusion) becomes known in two ways, and only
+Code written outside robustmm (a method, plug-in, fusion or dataset) becomes known in two ways, and only
 these: its package declares it as an entry point (`ENTRY_POINT_GROUPS`), which lists its name without importing
 it, or the user names its module (`--import MODULE`, `imports:` in a run config, `load_model(..., imports=[...])`).
 A saved model or a run directory records where its outside code lives (`module:Name`), but robustmm never imports
@@ -207,11 +207,28 @@ METHODS = Registry(
 )
 PLUGINS = Registry("plug-in", "plugin", builtin={"mwam": "robustmm.methods.mwam:MWAM"})
 """Additions to any method (`ModelConfig.plugins`), e.g. `build_model("cmpt", ..., mwam=True)`."""
+FUSIONS = Registry(
+    "fusion",
+    "fusion",
+    builtin={
+        "sum": "robustmm.fusions.sum:SumFusion",
+        "concat": "robustmm.fusions.concat:ConcatFusion",
+        "gated_mean": "robustmm.fusions.gated_mean:GatedMean",
+        "transformer": "robustmm.fusions.transformer:TransformerFusion",
+    },
+)
+"""How a method's modality features become one (`ModelConfig.fusion`), e.g. `build_model(..., fusion="concat")`."""
 
 
 def register_method(name: str):
     """Class decorator: make a `MultimodalModel` subclass available as `build_model(name, ...)`."""
     return METHODS.register(name)
+
+
+def register_fusion(name: str):
+    """Class decorator: make a `robustmm.fusions.Fusion` subclass available as `fusion=name` on any method whose
+    fusion is generic."""
+    return FUSIONS.register(name)
 
 
 def list_methods() -> list[str]:
@@ -227,15 +244,18 @@ def build_model(method: str = "cmpt", *, encoders: dict, num_classes: int, **opt
     """Build a model of `method` over `encoders` (modality name -> hub id, local path, `EncoderConfig` or dict).
 
     Options are the method's config fields (see `robustmm.methods`), plus the adapter shorthands `adapter`
-    ("lora" / "dora" / "vera"), `rank`, `alpha` and `adapter_dropout`.
+    ("lora" / "dora" / "vera"), `rank`, `alpha` and `adapter_dropout`, the fusion's as `fusion_<option>`, and the
+    plug-ins' as `<plug-in>` and `<plug-in>_<option>` (`robustmm methods --options` lists them).
     """
     cls = get_method(method)
     return cls(cls.config_from_kwargs(encoders, num_classes, **options))
 
 
-def model_sources(method: str, plugins) -> dict[str, str]:
-    """Name -> "module:Class" of the outside method and plug-ins of a model, which saved files record."""
+def model_sources(method: str, plugins, fusion: str | None = None) -> dict[str, str]:
+    """Name -> "module:Class" of the outside method, plug-ins and fusion of a model, which saved files record."""
     found = {method: METHODS.source(method), **{name: PLUGINS.source(name) for name in plugins}}
+    if fusion is not None:
+        found[fusion] = FUSIONS.source(fusion)
     return {name: source for name, source in found.items() if source}
 
 

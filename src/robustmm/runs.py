@@ -285,7 +285,8 @@ def remove_unstarted_run(run_dir: Path, created: bool) -> None:
 def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: bool, log) -> None:
     """`train_run` in its checked (and, by the writer, locked) directory."""
     model = build_run_model(config, splits["train"])
-    config = replace(config, model=replace(config.model, sources=model_sources(model.method, model.plugins)))
+    sources = model_sources(model.method, model.plugins, model.config.fusion)
+    config = replace(config, model=replace(config.model, sources=sources))
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / RUN_CONFIG, config.to_yaml())

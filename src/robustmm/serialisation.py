@@ -22,9 +22,20 @@ from .registry import UnknownNameError, get_method, import_modules, model_source
 
 CONFIG_FILE = "robustmm_config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the saved layout (`robustmm_config.json` records it). 2: method parameters live in the method, not
-in the encoders (CMPT's `encoders.<m>.proxy_tokens` became `proxies.<m>`); persistent method state is saved."""
+in the encoders (CMPT's `encoders.<m>.proxy_tokens` became `proxies.<m>`); persistent method state is saved.
+3: the fusion is a module with options of its own (`fusion`, `fusion_options`): format 2's `fusion_norm`, and
+MoLT's `fusion_layers`, `fusion_heads` and `fusion_dropout`, are its options; its parameters keep their names."""
+
+
+def upgrade_config(options: dict, version: int) -> dict:
+    """A saved config of an older `FORMAT_VERSION` (without `format_version` and `method`) in this one's layout."""
+    if version < 3:
+        moved = {k: options.pop(k) for k in list(options) if k.startswith("fusion_") and k != "fusion_options"}
+        options["fusion_options"] = {**(options.get("fusion_options") or {}),
+                                     **{k.removeprefix("fusion_"): v for k, v in moved.items()}}
+    return options
 
 
 def trainable_state_dict(model) -> dict[str, torch.Tensor]:
@@ -62,7 +73,7 @@ def save_pretrained(model, directory: str | os.PathLike) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, "method": model.method, **model.config.to_dict()}
-    sources = model_sources(model.method, model.plugins)
+    sources = model_sources(model.method, model.plugins, model.config.fusion)
     if sources:  # where outside code lives, for the message of a process that does not know it
         config["sources"] = sources
     weights = safetensors_bytes(trainable_state_dict(model), metadata={"method": model.method})
@@ -97,7 +108,7 @@ def load_model(directory: str | os.PathLike, imports=()):
         if not isinstance(sources, dict):
             raise ValueError(f"'sources' must map names to module:Class, got {sources!r}")
         cls = get_method(options.pop("method"))
-        config = cls.config_class(**options)
+        config = cls.config_class(**upgrade_config(options, version))
     except UnknownNameError as error:
         raise ValueError(unknown_code_message(config_path, error, sources)) from error
     except (ValueError, TypeError, AttributeError, KeyError) as error:  # a field of the wrong type or shape

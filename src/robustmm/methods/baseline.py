@@ -9,6 +9,9 @@ Which placeholder is itself a choice the sources make differently: the paper say
 MAP's code feeds all-ones pixel values after normalization, and a black image (normalized like any other) is the
 natural input. `placeholder` and `audio_placeholder` choose; a missing text is always the empty string.
 
+Fusion: generic. The placeholder's feature stands in for a missing modality, and `fusion` (default `sum`, the
+paper's) fuses every modality's feature, the stand-ins included.
+
 Optimisation: as CMPT's (Table 6), the adapters and the head at the run's learning rate (1e-3 in the shipped
 configs).
 """
@@ -54,15 +57,16 @@ class PlaceholderFusion(MultimodalModel):
         return {**inputs, key: torch.full_like(inputs[key], 1.0 if choice == "ones" else 0.0)}
 
     def fuse(self, features: Features, visible) -> torch.Tensor:
+        """The fusion of every modality's feature, the placeholder's where a modality is not visible."""
         device = self.device
-        fused = 0
+        filled = {}
         for modality in self.modalities:
             shown = visible[modality].unsqueeze(-1)
             cls = features.cls[modality]
             if not shown.all():
                 cls = torch.where(shown, cls, self.encode_placeholder(modality, device))
-            fused = fused + cls
-        return fused
+            filled[modality] = cls
+        return self.fusion(filled, self.every_modality(visible))
 
 
 @dataclass

@@ -7,8 +7,9 @@ approximate the class output C^_n of modality n (eq. 4), and stands in for it wh
     fused = sum over n of  C^_n                              if n is available,
                            mean of P^_{m->n} over available m  if n is missing.
 
-With two modalities this is exactly eq. 5: m1 missing gives `C^_m2 + P^_m2`. A missing modality's encoder has
-no influence on the prediction, so it is not run for the samples that lack it. Loss (eq. 7):
+With two modalities this is exactly eq. 5: m1 missing gives `C^_m2 + P^_m2`. The gating is CMPT's own; the sum over
+n is the `fusion` option (default `sum`, eq. 5's), which fuses the filled terms, every modality shown. A missing
+modality's encoder has no influence on the prediction, so it is not run for the samples that lack it. Loss (eq. 7):
 `L_task + lambda * L_align`, lambda = 0.2.
 
 Optimisation (Table 6): AdamW, lr 1e-3, rank-1 LoRA on every encoder; the proxies, the adapters and the head all
@@ -136,7 +137,9 @@ class CMPT(MultimodalModel):
 
     def build(self) -> None:
         """One proxy token per other modality in front of each encoder's CLS (eq. 2), N(0, 0.02^2)."""
-        self.fused_size()  # proxies stand for other modalities' class outputs: one width for all
+        if len(set(self.hidden_sizes.values())) != 1:  # proxies stand for other modalities' class outputs
+            raise ValueError(f"additive fusion needs encoders of one hidden size, got {self.hidden_sizes}: CMPT's "
+                             "proxies stand in for the other modalities' class outputs; choose encoders that match")
         self.proxies = nn.ParameterDict(
             {
                 m: nn.Parameter(torch.randn(len(self.proxy_targets(m)), self.hidden_sizes[m]) * 0.02)
@@ -165,7 +168,8 @@ class CMPT(MultimodalModel):
         return Features(cls, {"proxies": proxies})
 
     def fuse(self, features: Features, visible) -> torch.Tensor:
-        return sum(proxy_fill(features.cls, features.extras["proxies"], visible, self.modalities).values())
+        terms = proxy_fill(features.cls, features.extras["proxies"], visible, self.modalities)
+        return self.fusion(terms, self.every_modality(visible))
 
     def auxiliary_losses(self, features: Features, present, batch) -> dict[str, tuple[torch.Tensor, float]]:
         c = self.config

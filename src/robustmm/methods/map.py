@@ -20,9 +20,10 @@ layer:
   and values of that layer's attention. MAP prepends its attention prompts to the keys and values directly
   (prefix tuning: half the prompt as keys, half as values); here they enter the layer as tokens, through its
   LayerNorm and key/value projections, which needs no fork of the attention module.
-The fused feature is the sum of the modalities' class features, and a missing modality is encoded from its
-placeholder (as MAP's ViLT reads its dummy input) with the prompts of the sample's pattern; that encoding is
-the same for every sample of one pattern, so it is computed once per pattern and batch.
+The fused feature is the sum of the modalities' class features (the `fusion` option, default `sum`, fuses them,
+every modality shown), and a missing modality is encoded from its placeholder (as MAP's ViLT reads its dummy input)
+with the prompts of the sample's pattern; that encoding is the same for every sample of one pattern, so it is
+computed once per pattern and batch.
 
 Optimisation: MAP's code trains everything at lr 1e-2 (AdamW, weight decay 2e-2, batch 256, 20 epochs, warm-up
 over 10% of steps); its prompts, pooler and head train at the run's learning rate here (`module_lr_scale` 1), so a
@@ -151,4 +152,5 @@ class MissingAwarePrompts(PlaceholderFusion):
         return Features(cls)
 
     def fuse(self, features: Features, visible) -> torch.Tensor:
-        return sum(features.cls.values())
+        """Every modality's class feature (a missing one's from its placeholder), fused by `fusion`."""
+        return self.fusion(features.cls, self.every_modality(visible))

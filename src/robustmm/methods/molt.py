@@ -52,10 +52,12 @@ option:
 - `cca_ridge` (r, 1e-3) and `cca_ridge_relative` (default on): r times the covariance's mean variance
   (trace / o), so that scaling the features changes nothing; off, deep CCA's absolute r I, which a loss can
   outgrow by inflating the features.
-- Fusion: `fusion_layers` (2) post-norm Transformer encoder layers of `fusion_heads` (4) heads, feed-forward
-  width 4 d_c and `fusion_dropout` (0.1). A learned [FUS] token and learned token-type embeddings (one per
-  slot: [FUS], each R_l, each modality's CLS) are used, because attention alone cannot tell the tokens apart. A
-  modality that is not shown has its CLS token masked out of the fusion.
+- Fusion: the `transformer` fusion (`robustmm.fusions.transformer`), part of the method (its input includes the
+  R_l, so `fusion` has no other choice): `fusion_layers` (2) post-norm Transformer encoder layers of
+  `fusion_heads` (4) heads, width d_c, feed-forward width 4 d_c and `fusion_dropout` (0.1). A learned [FUS]
+  token and learned token-type embeddings (one per slot: [FUS], each R_l, each modality's CLS) are used, because
+  attention alone cannot tell the tokens apart. A modality that is not shown has its CLS token masked out of the
+  fusion.
 - Absent modality: its states at each tapped layer are replaced by one learned mask token of that layer and
   modality, in the encoder's width, before the projection. It becomes that modality's only token, so its query
   is filled from the available modalities by the cross-attention.
@@ -111,12 +113,9 @@ class MoLTConfig(ModelConfig):
     concatenated pooled features."""
     mfb_factor: int = 5
     """k of MFB's sum pooling."""
-    fusion_layers: int = 2
-    """Post-norm Transformer encoder layers of the fusion."""
-    fusion_heads: int = 4
-    """Attention heads of the fusion's layers."""
-    fusion_dropout: float = 0.1
-    """Dropout of the fusion's layers."""
+    fusion: Literal["transformer"] = "transformer"
+    """MoLT fuses the robust features and the class tokens with its Transformer (`fusion_layers`, `fusion_heads`,
+    `fusion_dropout`)."""
     cca_weight: float = 0.1
     """beta: the correlation loss's weight."""
     cca_ridge: float = 1e-3
@@ -139,12 +138,12 @@ class MoLTConfig(ModelConfig):
         super().__post_init__()
         if len(self.encoders) < 2:
             raise ValueError("MoLT needs at least two modalities")
-        for name in ("latent_size", "cross_heads", "fusion_heads", "fusion_layers", "mfb_factor"):
+        for name in ("latent_size", "cross_heads", "mfb_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("cross_heads", "fusion_heads"):
-            if self.latent_size % getattr(self, name):
-                raise ValueError(f"{name}={getattr(self, name)} does not divide latent_size={self.latent_size}")
+        for name, heads in (("cross_heads", self.cross_heads), ("fusion_heads", self.fusion_options["heads"])):
+            if self.latent_size % heads:
+                raise ValueError(f"{name}={heads} does not divide latent_size={self.latent_size}")
         if self.layers is not None:
             layers = list(self.layers)
             numbered = all(isinstance(layer, int) and layer >= 1 for layer in layers)
@@ -157,8 +156,6 @@ class MoLTConfig(ModelConfig):
             raise ValueError(f"cca_components must be at least 1, or None for all, got {self.cca_components}")
         if self.cca_weight < 0 or self.cca_ridge <= 0:
             raise ValueError(f"cca_weight must be >= 0 and cca_ridge > 0, got {self.cca_weight}, {self.cca_ridge}")
-        if not 0 <= self.fusion_dropout < 1:
-            raise ValueError(f"fusion_dropout must be in [0, 1), got {self.fusion_dropout}")
 
 
 def tapped_layers(layers: list[int] | None, depths: dict[str, int]) -> dict[str, list[int]]:
@@ -293,28 +290,6 @@ class ConcatPooling(nn.Module):
         return self.linear(torch.cat(list(pooled.values()), -1))
 
 
-class LatentFusion(nn.Module):
-    """A Transformer over [FUS], the robust features R_l and each shown modality's projected final CLS; the
-    output at [FUS] is the fused feature."""
-
-    def __init__(self, hidden_sizes: dict[str, int], width: int, robust_count: int, layers: int, heads: int,
-                 dropout: float):
-        super().__init__()
-        self.fus_token = nn.Parameter(torch.randn(width) * 0.02)
-        self.token_types = nn.Parameter(torch.randn(1 + robust_count + len(hidden_sizes), width) * 0.02)
-        self.cls_projections = nn.ModuleDict({m: nn.Linear(d, width) for m, d in hidden_sizes.items()})
-        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-    def forward(self, robust: list[torch.Tensor], cls: dict[str, torch.Tensor], visible: dict[str, torch.Tensor]):
-        size = robust[0].shape[0]
-        embeddings = [self.cls_projections[m](c) for m, c in cls.items()]
-        tokens = torch.stack([self.fus_token.expand(size, -1), *robust, *embeddings], 1)
-        shown = torch.stack([visible[m] for m in cls], 1)
-        ignored = torch.cat([shown.new_zeros(size, 1 + len(robust)), ~shown], 1)
-        return self.encoder(tokens + self.token_types, src_key_padding_mask=ignored)[:, 0]
-
-
 @register_method("molt")
 class MoLT(MultimodalModel):
     """Robust latent representation tuning: per-layer latent translation, MFB and a fusion Transformer."""
@@ -347,15 +322,12 @@ class MoLT(MultimodalModel):
         self.mask_tokens = nn.ParameterDict(
             {m: nn.Parameter(torch.randn(count, d) * 0.02) for m, d in self.hidden_sizes.items()}
         )
-        self.fusion = LatentFusion(self.hidden_sizes, width, count, c.fusion_layers, c.fusion_heads, c.fusion_dropout)
+        self.fusion = self.build_fusion(width=width, extra_tokens=count)  # here, where its parameters are drawn
         if c.cca_size is not None:
             self.cca_outputs = nn.ModuleDict(
                 {m: nn.ModuleList(nn.Linear(width, c.cca_size) for _ in range(count)) for m in modalities}
             )
         self._warned_small_batch = False
-
-    def fused_size(self) -> int:
-        return self.config.latent_size
 
     def encode(self, batch: Batch, visible: dict[str, torch.Tensor]) -> Features:
         """Each encoder runs once on the samples that truly have its modality, dropped ones included (L_CCA reads
@@ -403,7 +375,7 @@ class MoLT(MultimodalModel):
     def fuse(self, features: Features, visible: dict[str, torch.Tensor]) -> torch.Tensor:
         _, attended = self.translate(features, visible)
         robust = [fbp(pooled) for fbp, pooled in zip(self.fbp, attended)]
-        return self.fusion(robust, features.cls, visible)
+        return self.fusion(features.cls, visible, robust)
 
     def auxiliary_losses(self, features: Features, present, batch) -> dict[str, tuple[torch.Tensor, float]]:
         """L_CCA (weight beta) on the latent features of the truly present modalities, dropped ones included."""

@@ -21,7 +21,8 @@ front of its input, `[private (n) | shared (n) | dynamic (n) | CLS, tokens]`, ch
   inherit them.
 - Dynamic tokens: per pattern, fixed queries Q ~ N(0, 0.02^2) (not parameters in the code), attended over the
   input tokens X_0 by one-head attention at layer 0, `Dyn = MHA(Q, X_0, X_0)`; later layers inherit them.
-- Fusion and head: `[f_1; ...; f_M]` with zeros for a missing modality (the code zeroes its half), `Linear(sum d, C)`.
+- Fusion and head: `[f_1; ...; f_M]` with zeros for a missing modality (the code zeroes its half), `Linear(sum d, C)`:
+  the `concat` fusion, REP's default; `fusion` chooses another (the fusion is generic).
 
 The code has neither replay nor an auxiliary loss. The abstract and the repository's figure 4 describe the replay
 (early-layer outputs cached in buffers, replayed at a layer k); a third-party summary of the paper names
@@ -101,6 +102,8 @@ PRESENT, MISSING = 0, 1
 @dataclass
 class REPConfig(ModelConfig):
     modality_dropout: ModalityDropoutChoice = "leave_one_out"
+    fusion: str = "concat"
+    """The code concatenates the modalities' features, a missing one's zero (`concat`)."""
     module_lr_scale: float = 0.1
     """REP's buffers, generators, dynamic tokens and replay train at 0.1x the run's learning rate: 1e-3 under the
     demo's 1e-2, where the full rate collapsed the text-only pattern to one class (image missing: 0.10 against
@@ -401,14 +404,7 @@ class ReplayPrompting(MultimodalModel):
 
         return edit
 
-    # ----- fusion and optimisation -----------------------------------------------------------------------------
-
-    def fused_size(self) -> int:
-        return sum(self.hidden_sizes.values())
-
-    def fuse(self, features: Features, visible) -> torch.Tensor:
-        """`[f_1; ...; f_M]`, a missing modality's part zero (its rows of `features.cls` are)."""
-        return torch.cat([features.cls[m] for m in self.modalities], dim=-1)
+    # ----- optimisation ----------------------------------------------------------------------------------------
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """The base groups, each split: weight decay on matrices and buffers, none on biases, LayerNorm weights
