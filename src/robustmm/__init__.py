@@ -14,6 +14,7 @@ _EXPORTS = {
     "AdapterConfig": "adapters",
     "Batch": "processing",
     "EncoderConfig": "encoders",
+    "Fusion": "fusions",
     "ModelConfig": "model",
     "ModelOutput": "model",
     "MultimodalModel": "model",

@@ -1,8 +1,9 @@
-"""The method contract: one adapted encoder per named modality, a fusion rule and a linear head.
+"""The method contract: one adapted encoder per named modality, a fusion and a linear head.
 
 A method (`robustmm.methods`, one file each) is a subclass that says
 - what it adds to the encoders and the model (`build`: prefix tokens, layer hooks, its own modules),
-- how each modality is encoded (`encode` -> `Features`) and how the features are fused (`fuse`),
+- how each modality is encoded (`encode` -> `Features`) and how the features are fused (`fuse`: by default the
+  fusion module the config names, `robustmm.fusions`, which also sizes the head),
 - what it adds to the loss (`auxiliary_losses`: named, weighted),
 - and, if it needs them, training hooks (`param_groups`, `on_fit_start`, `on_after_backward`,
   `on_train_batch_end`) and state that is not a parameter (persistent buffers, saved with the weights).
@@ -96,7 +97,7 @@ class ModelConfig:
             name: asdict(PLUGINS.get(name).config_class(**dict(options or {})))
             for name, options in self.plugins.items()
         }
-        self.fusion_options = fusion_options(FUSIONS.get(self.fusion), self.fusion_options)
+        self.fusion_options = checked_fusion_options(FUSIONS.get(self.fusion), self.fusion_options)
 
     @property
     def modalities(self) -> list[str]:
@@ -106,7 +107,7 @@ class ModelConfig:
         return asdict(self)
 
 
-def fusion_options(fusion_class: type, given: dict) -> dict:
+def checked_fusion_options(fusion_class: type, given: dict) -> dict:
     """A fusion's options, checked by its config and completed with its defaults; an unknown one names the
     fusion's options."""
     known = [f.name for f in fields(fusion_class.config_class)]
