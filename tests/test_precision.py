@@ -83,3 +83,10 @@ def test_training_records_the_chosen_precision(cpu, tiny_encoders, tmp_path, mon
     robustmm.train(model, samples, samples, epochs=1, batch_size=4, warmup_epochs=0, progress_bar=False,
                    out_dir=tmp_path)
     assert json.loads((tmp_path / "train_config.json").read_text())["precision"] == "32-true"
+
+
+@pytest.mark.parametrize("name, dtype", [("bf16-mixed", torch.bfloat16), ("32-true", torch.float32)])
+def test_autocast_follows_the_lightning_precision_string(name, dtype):
+    a = torch.randn(4, 4)
+    with precision.autocast(name, "cpu"):
+        assert (a @ a).dtype == dtype

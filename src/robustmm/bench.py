@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .precision import resolve_precision
+from .precision import autocast, resolve_precision
 from .registry import build_model
 from .tiny import WORDS, save_tiny_encoder
 
@@ -71,11 +71,12 @@ def _samples(batch_size: int, words: int, image_size: int = 224, num_classes: in
     ]
 
 
-def autocast(device_type: str, precision: str):
-    """bf16 autocast under "bf16-mixed"; a no-op under "32-true"."""
+def bench_precision(precision: str, device_type: str) -> str:
+    """`auto` resolved for the device; the benchmarks measure fp32 and bf16 only."""
+    precision = resolve_precision(precision, device_type)
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose auto or one of {', '.join(PRECISIONS)}")
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    return precision
 
 
 KINDS = ("placeholder", "skipped")
@@ -115,7 +116,7 @@ def run_benchmark(
     warmup: int = 4,
     precision: str = "auto",
 ) -> dict:
-    precision = resolve_precision(precision, "cpu")
+    precision = bench_precision(precision, "cpu")
     with tempfile.TemporaryDirectory() as root:
         encoders = {
             "image": save_tiny_encoder("image", Path(root) / "image", hidden_size, num_layers, image_size=224),
@@ -135,7 +136,7 @@ def run_benchmark(
     def train_step(name):
         def step():
             optimizers[name].zero_grad()
-            with autocast("cpu", precision):
+            with autocast(precision, "cpu"):
                 loss = models[name](batch).loss
             loss.backward()
             optimizers[name].step()
@@ -150,7 +151,7 @@ def run_benchmark(
 
     def infer(b):
         def step():
-            with torch.no_grad(), autocast("cpu", precision):
+            with torch.no_grad(), autocast(precision, "cpu"):
                 cmpt(b)
 
         return step
@@ -370,7 +371,7 @@ def run_throughput(
     if torch_compile and warmup < 1:
         raise ValueError("--compile needs warmup >= 1: the first step compiles")
     device = resolve_device(device)
-    precision = resolve_precision(precision, device.type)
+    precision = bench_precision(precision, device.type)
     shape = SIZES[size]
     with tempfile.TemporaryDirectory() as root:
         model = build_sized_model(shape, root)
@@ -381,7 +382,7 @@ def run_throughput(
 
     def step():
         optimizer.zero_grad()
-        with autocast(device.type, precision):
+        with autocast(precision, device.type):
             loss = model(batch).loss
         loss.backward()
         optimizer.step()

@@ -30,6 +30,7 @@ from .atomic import atomic_write, atomic_write_text, check_output_folder
 from .checks import check_field_types, load_json
 from .children import children_end_with_us, end_with_parent, remove_folder
 from .cores import available_cores, job_threads
+from .data.protocol import SWEEP_RATES
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .precision import resolve_precision
 from .registry import METHODS, build_model, get_method, outside_modules
@@ -333,9 +334,6 @@ def mcnemar_above(model_correct: np.ndarray, bayes_correct: np.ndarray) -> float
     return 1.0 if discordant == 0 else float(binomtest(only_model, discordant, 0.5, alternative="greater").pvalue)
 
 
-SWEEP_RATES = [round(0.1 * step, 1) for step in range(11)]
-
-
 def missing_rate_sweeps(config: DemoConfig, correct: dict) -> list[dict]:
     """Accuracy as the test missing rate of each modality goes from 0 to 100% (paper Fig. 3), from the scores of
     the complete and the one-missing scenarios: at rate r, the first r of the test samples in one fixed random
@@ -353,7 +351,7 @@ def missing_rate_sweeps(config: DemoConfig, correct: dict) -> list[dict]:
                     loses = np.zeros(config.test_size, dtype=bool)
                     loses[order[: round(rate * config.test_size)]] = True
                     accuracies.append(float(np.where(loses, missing, complete).mean()))
-                sweeps.append({"modality": modality, "method": method, "seed": seed, "rates": SWEEP_RATES,
+                sweeps.append({"modality": modality, "method": method, "seed": seed, "rates": list(SWEEP_RATES),
                                "accuracy": accuracies})
     return sweeps
 

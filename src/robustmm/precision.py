@@ -10,6 +10,7 @@ The CPU probe also honours the switches that cap PyTorch's kernels below the har
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -69,3 +70,12 @@ def resolve_precision(precision: str | None, accelerator: str = AUTO, announce=T
         _announced.add((accelerator, chosen))
         print(f"precision auto -> {chosen} ({why})", file=sys.stderr)
     return chosen
+
+
+def autocast(precision: str, device_type: str):
+    """The autocast context of a Lightning `precision` string, for inference outside the Trainer (evaluation,
+    prediction, serving, benchmarks): bf16 or fp16 autocast under the mixed precisions, nothing under 32-true."""
+    import torch
+
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)

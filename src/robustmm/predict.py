@@ -23,6 +23,7 @@ import torch
 from .atomic import atomic_write_text, check_not_an_input, check_replaceable, first_line
 from .calibration import CALIBRATION_FILE, pattern_name, probabilities, temperatures_of
 from .checks import load_json
+from .precision import autocast
 from .processing import MAX_PIXELS, lookalike
 
 INPUT_SUFFIXES = (".csv", ".jsonl")
@@ -162,8 +163,7 @@ def batch_logits(model, samples: list[dict], precision: str) -> list[torch.Tenso
     model.eval()
     device = model.device
     batch = model.collate(samples).to(device)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(precision, device.type):
         logits = model(batch).logits
     return list(logits.float().cpu())
 

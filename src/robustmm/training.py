@@ -10,7 +10,6 @@ model is selected on validation, never on test.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -29,7 +28,7 @@ from .metrics import compute_metrics, default_metrics
 from .atomic import atomic_write, atomic_write_text
 from .checks import check_field_types
 from .model import MultimodalModel
-from .precision import resolve_precision
+from .precision import autocast, resolve_precision
 
 
 @dataclass
@@ -449,14 +448,6 @@ def lightning_trainer(**settings) -> L.Trainer:
         raise ValueError(f"the training settings are refused: {error}") from error
 
 
-def autocast(precision: str, device: torch.device):
-    """The autocast context of a Lightning `precision` string for inference outside the Trainer."""
-    dtypes = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
-    if precision in dtypes:
-        return torch.autocast(device.type, dtype=dtypes[precision])
-    return contextlib.nullcontext()
-
-
 def predict_logits(
     model: MultimodalModel, samples: Sequence[dict], batch_size: int = 32, num_workers: int = 0, precision="32-true"
 ):
@@ -487,7 +478,7 @@ def scenario_logits(
     for batch in loader:
         rows = order[start : start + len(batch)]
         shown = {name: {m: mask[rows].to(device) for m, mask in masks.items()} for name, masks in scenarios.items()}
-        with autocast(precision, device):
+        with autocast(precision, device.type):
             for name, values in model.logits_by_availability(batch.to(device), shown).items():
                 logits[name].append(values.float().cpu())
         labels.append(batch.labels)

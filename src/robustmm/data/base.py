@@ -32,10 +32,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..checks import load_json
-from ..processing import IMAGE_FILE_ERRORS, MAX_PIXELS, media_file, not_a_regular_file, read_image
+from ..processing import IMAGE_FILE_ERRORS, KINDS, MAX_PIXELS, media_file, not_a_regular_file, read_image
 from .protocol import MissingProtocol, MissingTable
 
-KINDS = ("text", "image", "audio", "video")
 SPLIT_ALIASES = {"dev": "val", "valid": "val", "validation": "val"}
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SAMPLE_RATE = 16_000

@@ -35,6 +35,8 @@ from ..checks import check_field_types, load_json
 
 SPLIT_RATES = ("train", "val", "test")
 TABLE_FORMAT = 1
+SWEEP_RATES = tuple(round(0.1 * step, 1) for step in range(11))
+"""The missing rates of a rate sweep (paper Fig. 2/3): 0%, 10%, ..., 100% of the test samples lack the modality."""
 """Part of every cache key: bump it when the selection algorithm changes, so old tables are never reused."""
 
 

@@ -6,7 +6,8 @@ import io
 
 import numpy as np
 
-from .loading import SWEEP_RATES, ReportData, by_method, mean_sd
+from ..data.protocol import SWEEP_RATES
+from .loading import ReportData, by_method, mean_sd
 
 
 def _pyplot():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.protocol import SWEEP_RATES
 from ..calibration import CALIBRATION_FILE, pattern_name, presence, read_temperatures
 
-SWEEP_RATES = tuple(round(0.1 * step, 1) for step in range(11))
 ANALYSIS_SAMPLES = 300
 """Test samples that the model-based parts (calibration, t-SNE) read at most."""
 
