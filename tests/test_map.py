@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import robustmm
-from robustmm.encoders import EncoderContext, availability_patterns
+from robustmm.availability import availability_patterns
+from robustmm.encoders import EncoderContext
 from robustmm.contract import make_samples
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -37,3 +37,10 @@ def test_per_class_accuracy_is_recall_and_unknown_metric_is_an_error():
     with pytest.raises(ValueError, match="unknown metric"):
         compute_metrics(logits, labels, False, ["precision"])
     assert np.isfinite(compute_metrics(logits, labels, False, ["auroc"])["auroc"])
+
+
+def test_mean_sd_is_the_sample_sd_over_seeds_and_zero_for_one_seed():
+    from robustmm.metrics import mean_sd
+
+    assert mean_sd([0.5, 0.7]) == pytest.approx((0.6, 0.1414213562))
+    assert mean_sd([0.5]) == (0.5, 0.0)

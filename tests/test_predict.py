@@ -11,7 +11,8 @@ from layouts import train_command, write_generic, write_image
 from PIL import Image
 from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
 
-from robustmm.calibration import fit_temperature, pattern_name, reliability
+from robustmm.availability import pattern_name
+from robustmm.calibration import fit_temperature, reliability
 from robustmm.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

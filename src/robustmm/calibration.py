@@ -15,7 +15,6 @@ applies.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from pathlib import Path
@@ -24,22 +23,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .availability import availability_patterns, pattern_name
 from .checks import load_json
 
 CALIBRATION_FILE = "calibration.json"
 RELIABILITY_BINS = 15
 TEMPERATURE_RANGE = (0.05, 20.0)
 """Bounds of the fitted temperature: beyond them a pattern's validation samples are too few or too easy to say."""
-
-
-def pattern_name(present: Sequence[str], order: Sequence[str]) -> str:
-    """"image+text": the modalities of `present` in the model's order."""
-    return "+".join(m for m in order if m in set(present))
-
-
-def availability_patterns(modalities: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of `modalities`, the complete one first."""
-    return [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
 
 
 def presence(samples, modalities: Sequence[str]) -> np.ndarray:

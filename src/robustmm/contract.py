@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .encoders import availability_patterns
+from .availability import availability_patterns
 from .registry import build_model
 from .serialisation import load_model
 from .training import train

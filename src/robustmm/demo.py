@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import tempfile
 import threading
 import time
@@ -32,6 +31,7 @@ from .children import children_end_with_us, end_with_parent, remove_folder
 from .cores import available_cores, job_threads
 from .data.protocol import SWEEP_RATES
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
+from .metrics import mean_sd
 from .precision import resolve_precision
 from .registry import METHODS, build_model, get_method, outside_modules
 
@@ -361,9 +361,7 @@ def summary(result: dict) -> dict:
     table: dict = {}
     for run in result["runs"]:
         table.setdefault((run["scenario"], run["method"]), []).append(run["accuracy"])
-    return {
-        key: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for key, v in table.items()
-    }
+    return {key: mean_sd(v) for key, v in table.items()}
 
 
 def format_table(result: dict) -> str:

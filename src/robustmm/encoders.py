@@ -14,7 +14,6 @@ sample. The attention mask is extended for every inserted token at the layer it 
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModel
 
 from .adapters import AdapterConfig, attach_adapter
+from .availability import availability_patterns
 from .checks import check_field_types
 from .processing import KINDS, MAX_PIXELS, PROCESSORS
 
@@ -144,11 +144,6 @@ def load_backbone(name_or_path: str, kind: str) -> nn.Module:
     if not hasattr(model, "embeddings"):
         raise ValueError(f"{name_or_path}: {type(model).__name__} has no `embeddings` module to insert tokens after")
     return model
-
-
-def availability_patterns(modalities: list[str]) -> list[tuple[str, ...]]:
-    """The 2^M - 1 non-empty subsets of `modalities`, largest first (the complete pattern is index 0)."""
-    return [c for r in range(len(modalities), 0, -1) for c in itertools.combinations(modalities, r)]
 
 
 @dataclass

@@ -11,7 +11,6 @@ aggregated to mean ± SD (sample standard deviation, n - 1) per scenario, as the
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from .checks import load_json
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, config_differences, read_run_config
 from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
-from .metrics import compute_metrics, default_metrics, per_class_scores
+from .metrics import compute_metrics, default_metrics, mean_sd, per_class_scores
 from .atomic import atomic_write_text
 from .model import MultimodalModel
 from .precision import resolve_precision
@@ -188,8 +187,8 @@ def evaluate_run(
 
 
 def _mean_sd(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "values": values}
+    mean, sd = mean_sd(values)
+    return {"mean": mean, "std": sd, "values": values}
 
 
 def aggregate(runs: list[dict]) -> list[dict]:

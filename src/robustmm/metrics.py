@@ -8,6 +8,8 @@ Hateful Memes, and macro over classes otherwise. The first metric of a list sele
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 from torchmetrics.functional import classification as C
 
@@ -63,3 +65,8 @@ def per_class_scores(logits: torch.Tensor, labels: torch.Tensor, multilabel: boo
     else:
         scores = C.multiclass_accuracy(logits, labels, logits.shape[1], average="none")
     return [float(s) for s in scores]
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample SD over seeds; the SD of one value is 0 (a table of one seed shows it as ± 0)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write_text, check_not_an_input, check_replaceable, first_line
-from .calibration import CALIBRATION_FILE, pattern_name, probabilities, temperatures_of
+from .availability import pattern_name
+from .calibration import CALIBRATION_FILE, probabilities, temperatures_of
 from .checks import load_json
 from .precision import autocast
 from .processing import MAX_PIXELS, lookalike

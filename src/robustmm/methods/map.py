@@ -50,7 +50,8 @@ import torch
 import torch.nn as nn
 
 from ..adapters import AdapterConfig
-from ..encoders import EncoderContext, availability_patterns
+from ..availability import availability_patterns
+from ..encoders import EncoderContext
 from ..model import Features, ModalityDropoutChoice
 from ..registry import register_method
 from .baseline import PlaceholderConfig, PlaceholderFusion

@@ -91,7 +91,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..adapters import AdapterConfig
-from ..encoders import EncoderContext, availability_patterns
+from ..availability import availability_patterns
+from ..encoders import EncoderContext
 from ..model import Features, ModalityDropoutChoice, ModelConfig, MultimodalModel
 from ..registry import register_method
 

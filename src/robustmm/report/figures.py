@@ -7,7 +7,8 @@ import io
 import numpy as np
 
 from ..data.protocol import SWEEP_RATES
-from .loading import ReportData, by_method, mean_sd
+from ..metrics import mean_sd
+from .loading import ReportData, by_method
 
 
 def _pyplot():

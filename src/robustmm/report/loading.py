@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.protocol import SWEEP_RATES
-from ..calibration import CALIBRATION_FILE, pattern_name, presence, read_temperatures
+from ..metrics import mean_sd
+from ..availability import pattern_name
+from ..calibration import CALIBRATION_FILE, presence, read_temperatures
 
 ANALYSIS_SAMPLES = 300
 """Test samples that the model-based parts (calibration, t-SNE) read at most."""
@@ -63,10 +65,6 @@ def by_method(runs: list[RunResult]) -> dict[str, list[RunResult]]:
 def mean_or_none(values: list[float | None]) -> float | None:
     known = [value for value in values if value is not None]
     return statistics.fmean(known) if known else None
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def training_seconds(run_dir: Path) -> float | None:

@@ -13,9 +13,10 @@ from importlib import resources
 from pathlib import Path
 
 from ..atomic import atomic_write, atomic_write_text
-from .figures import attention_figure, gain_figure, radar_figure, reliability_figure, sweep_figure, tsne_figure
 from ..data.protocol import SWEEP_RATES
-from .loading import ReportData, by_method, mean_sd
+from ..metrics import mean_sd
+from .figures import attention_figure, gain_figure, radar_figure, reliability_figure, sweep_figure, tsne_figure
+from .loading import ReportData, by_method
 from .probes import analyse_models
 
 

@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from ..atomic import atomic_write_text
+from ..metrics import mean_sd
 from .cell import EVALUATION
 from .spec import SEED_KEY, Cell, Sweep, cell_names, value_label
 
@@ -87,8 +88,8 @@ def table_rows(sweep: Sweep, figures: dict[str, dict]) -> tuple[str, list[str], 
         for scenario in scenarios:
             values = [f["scenarios"][scenario][metric] for f in done if scenario in f["scenarios"]]
             if values:
-                entries[scenario] = {"mean": statistics.fmean(values),
-                                     "sd": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+                mean, sd = mean_sd(values)
+                entries[scenario] = {"mean": mean, "sd": sd, "n": len(values)}
         rows.append({
             "values": {key: cells[0].values[key] for key in keys},
             "selected": chosen.get(row_key, {}).get("values", {}),
