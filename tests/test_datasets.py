@@ -102,7 +102,7 @@ def test_generic_class_list_sources(tmp_path):
 def test_generic_empty_cell_is_really_missing(tmp_path):
     root = write_generic(tmp_path, missing={"photo": 2, "caption": 4})
     dataset = get_dataset("generic", root, "train")
-    real = dataset.real_availability()
+    real = dataset.present_table()
     assert real[:, 0].tolist() == [True, False, True, True, True, False, True, True]
     assert real[:, 1].tolist() == [True, True, True, False] * 2
     assert dataset[1]["photo"] is None and dataset[1]["caption"] is not None
@@ -229,7 +229,7 @@ def test_mmimdb_raw_layouts_and_plot_modes(tmp_path):
     assert (len(first), first.format, first.multilabel) == (4, "raw", True)
     assert first[0]["label"] == [GENRES.index("Drama"), GENRES.index("Comedy")]
     assert "News (1)" in first.notes[0]
-    assert first.real_availability()[:, 0].tolist() == [True, True, False, True]
+    assert first.present_table()[:, 0].tolist() == [True, True, False, True]
     each = get_dataset("mmimdb", root, plots="each")
     assert each.ids == ["00000000/0", "00000001/0", "00000001/1", "00000002/0", "00000003/0", "00000003/1"]
     joined = get_dataset("mmimdb", root, plots="join")
@@ -322,7 +322,7 @@ def test_food101_bad_rows_and_absent_images(tmp_path):
     root = write_food101(tmp_path)
     (root / "images" / "test" / "sushi" / "sushi_1.jpg").unlink()
     test = get_dataset("food101", root, "test")
-    assert test.real_availability()[:, 0].sum() == 5 and "1 of 6 rows have no image file" in test.notes[0]
+    assert test.present_table()[:, 0].sum() == 5 and "1 of 6 rows have no image file" in test.notes[0]
     with open(root / "texts" / "test_titles.csv", "a") as handle:
         handle.write("tacos_9.jpg,no class column\n")
     with pytest.raises(DatasetError, match="texts/test_titles.csv line 7: expected 3 fields"):
@@ -421,7 +421,7 @@ def test_audio_visual_absent_files(tmp_path):
     shutil.rmtree(root / "visual" / "teVid0002x")
     test = get_dataset("ave", root, "test")
     assert test.ids == ["teVid0000x", "teVid0001x"]
-    assert test.real_availability().tolist() == [[True, True], [True, False]]
+    assert test.present_table().tolist() == [[True, True], [True, False]]
     assert "1 listed clips have neither sound nor frames" in test.notes[0]
     with open(root / "testSet.txt", "a") as handle:
         handle.write("Dog|broken|line\n")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import robustmm
-from robustmm.availability import availability_patterns
+from robustmm.availability import patterns
 from robustmm.encoders import EncoderContext
 from robustmm.contract import make_samples
 
@@ -17,7 +17,7 @@ def image_text(tiny_encoders):
 
 
 def test_patterns_are_every_nonempty_subset_complete_first():
-    assert availability_patterns(["image", "text", "audio"]) == [
+    assert patterns(["image", "text", "audio"]) == [
         ("image", "text", "audio"), ("image", "text"), ("image", "audio"), ("text", "audio"),
         ("image",), ("text",), ("audio",),
     ]

@@ -136,7 +136,7 @@ def test_layernorm_fusion_makes_predictions_blind_to_an_encoders_scale(image_tex
         outputs[norm] = plain, model(batch)
     plain, louder = outputs["layernorm"]
     torch.testing.assert_close(plain.logits, louder.logits, atol=1e-4, rtol=1e-4)
-    rows = plain.present["image"]
+    rows = plain.availability.present["image"]
     torch.testing.assert_close(plain.features.cls["image"][rows].std(-1, unbiased=False), torch.ones(int(rows.sum())), atol=1e-3, rtol=0)
     assert not plain.features.cls["image"][~rows].any()  # a missing modality stays a zero row
     plain, louder = outputs["none"]

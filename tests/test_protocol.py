@@ -155,7 +155,7 @@ def test_real_missingness_is_kept_apart_from_simulated():
     real = np.ones((100, 2), bool)
     real[:10, 0] = False
     protocol = MissingProtocol.uniform(1.0, "image")
-    result = table(protocol, real_available=real)
+    result = table(protocol, present=real)
     assert result.already_missing == 10
     assert result.dropped[:10].sum() == 0 and result.dropped[10:, 0].all()
     summary = result.summary()
@@ -167,9 +167,9 @@ def test_real_missingness_is_kept_apart_from_simulated():
 def test_a_drop_that_would_leave_no_modality_is_cancelled():
     real = np.ones((100, 2), bool)
     real[:20, 1] = False
-    result = table(MissingProtocol.uniform(1.0, "image"), real_available=real)
+    result = table(MissingProtocol.uniform(1.0, "image"), present=real)
     assert result.kept_last == 20
-    assert result.available.any(1).all()
+    assert result.visible.any(1).all()
     assert result.summary()["patterns"]["image"] == {"samples": 20, "real": 20, "simulated": 0}
 
 

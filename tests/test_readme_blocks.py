@@ -40,7 +40,7 @@ def test_the_fusion_example_is_the_built_in_gated_mean_and_fuses_the_visible_fea
     with torch.no_grad():
         model.fusion.gates["text"].fill_(-2.0)  # its magnitude weighs
     output = model.eval()(model.collate(every_pattern(["image", "text"], 1)))
-    cls, visible = output.features.cls, output.visible
+    cls, visible = output.features.cls, output.availability.visible
     weights = {"image": 0.5 * visible["image"][:, None], "text": 2.0 * visible["text"][:, None]}
     expected = (weights["image"] * cls["image"] + weights["text"] * cls["text"]) / (weights["image"] + weights["text"])
     torch.testing.assert_close(output.fused, expected)

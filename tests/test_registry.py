@@ -39,7 +39,7 @@ SOURCE = textwrap.dedent('''
 
         config_class = QuietConfig
 
-        def auxiliary_losses(self, features, visible, batch):
+        def auxiliary_losses(self, features, availability, batch):
             return {"quiet": (sum(c.pow(2).mean() for c in features.cls.values()), self.config.weight)}
 
 

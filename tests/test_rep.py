@@ -31,7 +31,7 @@ def build(encoders, **options):
 
 def every_pattern_samples(modalities):
     """One sample per non-empty subset of `modalities` (with audio when it is one of them)."""
-    patterns = robustmm.availability.availability_patterns(modalities)
+    patterns = robustmm.availability.patterns(modalities)
     samples = make_samples(len(patterns), with_audio="audio" in modalities)
     for sample, pattern in zip(samples, patterns):
         for m in modalities:

@@ -197,7 +197,7 @@ def test_the_synthetic_dataset_reads_exactly_the_samples_the_demo_renders(tmp_pa
                     assert ours[modality] is None
                 else:
                     assert np.asarray(ours[modality]).tobytes() == np.asarray(theirs[modality]).tobytes()
-    availability = get_dataset("synthetic", tmp_path, "val", modalities="image,text,audio", **SMALL).real_availability()
+    availability = get_dataset("synthetic", tmp_path, "val", modalities="image,text,audio", **SMALL).present_table()
     assert len({tuple(row) for row in availability.tolist()}) == 7  # every availability pattern in validation
 
 
@@ -213,7 +213,7 @@ def test_the_rendered_copy_is_keyed_by_every_setting_and_reused_as_is(tmp_path):
     roots = {get_dataset("synthetic", tmp_path, "test", **options).root for options in others}
     assert len(roots) == len(others) and first not in roots
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in roots | {first})  # no scratch left
-    assert get_dataset("synthetic", tmp_path, "val", **dict(SMALL, val_patterns="complete")).real_availability().all()
+    assert get_dataset("synthetic", tmp_path, "val", **dict(SMALL, val_patterns="complete")).present_table().all()
     with pytest.raises(ValueError, match="val_patterns must be one of mixed, complete, got 'some'"):
         get_dataset("synthetic", tmp_path, "val", val_patterns="some")
     with pytest.raises(ValueError, match="train_size must be a positive integer, got 0"):

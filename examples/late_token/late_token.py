@@ -32,6 +32,6 @@ class LateToken(MultimodalModel):
         return torch.cat([torch.where(visible[m][:, None], features.cls[m], self.missing[m])
                           for m in self.modalities], dim=-1)
 
-    def auxiliary_losses(self, features, present, batch):  # name -> (loss, weight); logged as train/<name>_loss
+    def auxiliary_losses(self, features, availability, batch):  # name -> (loss, weight); logged as train/<name>_loss
         norm = sum(token.pow(2).sum() for token in self.missing.values())
         return {"token_norm": (norm, self.config.norm_weight)}

@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .availability import availability_patterns, pattern_name
+from . import availability
+from .availability import pattern_name
 from .checks import load_json
 
 CALIBRATION_FILE = "calibration.json"
@@ -32,11 +33,11 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 """Bounds of the fitted temperature: beyond them a pattern's validation samples are too few or too easy to say."""
 
 
-def presence(samples, modalities: Sequence[str]) -> np.ndarray:
-    """[N, M] bools: which modalities each sample truly has (a dataset's table, or a list's non-None values)."""
-    if hasattr(samples, "real_availability"):
+def present_table(samples, modalities: Sequence[str]) -> np.ndarray:
+    """[N, M] bools: which modalities each sample has (a dataset's `present_table`, or a list's non-None values)."""
+    if hasattr(samples, "present_table"):
         order = list(samples.modalities)
-        table = samples.real_availability()
+        table = samples.present_table()
         return np.stack([table[:, order.index(m)] for m in modalities], 1)
     table = np.array([[s.get(m) is not None for m in modalities] for s in samples], dtype=bool)
     return table.reshape(-1, len(modalities))
@@ -48,17 +49,17 @@ def pattern_logits(model, samples, batch_size: int = 32, precision: str = "32-tr
     from .training import scenario_logits
 
     modalities = model.modalities
-    have = presence(samples, modalities)
-    patterns = availability_patterns(modalities)
-    members = {p: have[:, [modalities.index(m) for m in p]].all(1) for p in patterns}
+    present = present_table(samples, modalities)
+    every = availability.patterns(modalities)
+    members = {p: present[:, [modalities.index(m) for m in p]].all(1) for p in every}
     scenarios = {
         pattern_name(p, modalities): {
-            m: torch.from_numpy(np.where(members[p], m in p, have[:, i])) for i, m in enumerate(modalities)
+            m: torch.from_numpy(np.where(members[p], m in p, present[:, i])) for i, m in enumerate(modalities)
         }
-        for p in patterns
+        for p in every
     }
     logits, labels = scenario_logits(model, samples, scenarios, batch_size, precision=precision)
-    rows = {pattern_name(p, modalities): torch.from_numpy(members[p]) for p in patterns}
+    rows = {pattern_name(p, modalities): torch.from_numpy(members[p]) for p in every}
     return {name: (logits[name][rows[name]], labels[rows[name]]) for name in scenarios if rows[name].any()}
 
 
@@ -173,13 +174,13 @@ def checked_temperatures(calibration: dict, modalities: Sequence[str] | None = N
     `fit_temperature` can give): a temperature of 0 makes NaN probabilities and a negative one reverses the
     ranking of the classes, so a damaged or edited file would change every answer without a word. With
     `modalities`, each pattern must be one of theirs: a misspelt pattern would silently go unapplied."""
-    patterns = calibration["patterns"]
-    if not isinstance(patterns, dict):
-        raise ValueError(f"patterns must be a mapping, got {type(patterns).__name__}")
-    known = None if modalities is None else {pattern_name(p, modalities) for p in availability_patterns(modalities)}
+    entries = calibration["patterns"]
+    if not isinstance(entries, dict):
+        raise ValueError(f"patterns must be a mapping, got {type(entries).__name__}")
+    known = None if modalities is None else {pattern_name(p, modalities) for p in availability.patterns(modalities)}
     low, high = TEMPERATURE_RANGE
     temperatures = {}
-    for name, entry in patterns.items():
+    for name, entry in entries.items():
         value = entry["temperature"]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
             raise ValueError(f"pattern {name!r}: temperature {value!r} is not a number in [{low}, {high}]")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .availability import availability_patterns
+from . import availability
 from .registry import build_model
 from .serialisation import load_model
 from .training import train
@@ -55,7 +55,7 @@ def make_samples(n: int, seed: int = 0, with_audio: bool = False) -> list[dict]:
 def every_pattern(modalities: list[str], n_each: int = 2) -> list[dict]:
     """Samples of each availability pattern, n_each of each."""
     samples = []
-    for index, pattern in enumerate(availability_patterns(modalities)):
+    for index, pattern in enumerate(availability.patterns(modalities)):
         for sample in make_samples(n_each, seed=index, with_audio="audio" in modalities):
             samples.append({k: (None if k in modalities and k not in pattern else v) for k, v in sample.items()})
     return samples
@@ -100,7 +100,7 @@ def check_every_pattern(method: str, encoders: dict, **options) -> None:
     expect(all(p.grad is None or torch.isfinite(p.grad).all() for p in trained), "a gradient is not finite")
     expect(any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained), "no parameter gets a gradient")
     probabilities = model.predict(every_pattern(modalities, 1))
-    expect(probabilities.shape == (len(availability_patterns(modalities)), 3), "one row of probabilities per sample")
+    expect(probabilities.shape == (len(availability.patterns(modalities)), 3), "one row of probabilities per sample")
     expect(torch.isfinite(probabilities).all(), "a probability is not finite")
     torch.testing.assert_close(probabilities.sum(-1), torch.ones(len(probabilities)), msg="probabilities sum to 1")
 
@@ -118,11 +118,11 @@ def check_scenario_logits(method: str, encoders: dict, **options) -> None:
     scenarios = {n: {"image": torch.tensor(i).bool(), "text": torch.tensor(t).bool()} for n, (i, t) in shows.items()}
     logits = model.logits_by_availability(model.collate(samples), scenarios)
     for name, (image, text) in shows.items():
-        shown = [
+        withheld = [
             {**s, "image": s["image"] if i else None, "text": s["text"] if t else None}
             for s, i, t in zip(samples, image, text)
         ]
-        torch.testing.assert_close(logits[name], model(model.collate(shown)).logits, atol=1e-5, rtol=1e-5,
+        torch.testing.assert_close(logits[name], model(model.collate(withheld)).logits, atol=1e-5, rtol=1e-5,
                                    msg=lambda text, name=name: f"scenario {name!r}: {text}")
 
 

@@ -27,7 +27,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import AutoConfig, AutoModel
 
 from .adapters import AdapterConfig, attach_adapter
-from .availability import availability_patterns
+from .availability import pattern_index
 from .checks import check_field_types
 from .processing import KINDS, MAX_PIXELS, PROCESSORS
 
@@ -148,31 +148,24 @@ def load_backbone(name_or_path: str, kind: str) -> nn.Module:
 
 @dataclass
 class EncoderContext:
-    """What the model tells an encoder about the rows it encodes: each row's availability pattern."""
+    """What the model tells an encoder about the rows it encodes: each row's visible modalities (its pattern)."""
 
-    available: dict[str, torch.Tensor]
+    visible: dict[str, torch.Tensor]
     """Modality -> [n] bools: which modalities the row's sample shows to the model in this pass."""
 
     def __len__(self) -> int:
-        return len(next(iter(self.available.values())))
+        return len(next(iter(self.visible.values())))
 
     def rows(self, keep: torch.Tensor) -> "EncoderContext":
-        return EncoderContext({m: a[keep] for m, a in self.available.items()})
+        return EncoderContext({m: a[keep] for m, a in self.visible.items()})
 
     def repeat(self, times: int) -> "EncoderContext":
         """Each row `times` times in a row (video: one row per frame)."""
-        return EncoderContext({m: a.repeat_interleave(times) for m, a in self.available.items()})
+        return EncoderContext({m: a.repeat_interleave(times) for m, a in self.visible.items()})
 
     def pattern_index(self, modalities: list[str]) -> torch.Tensor:
-        """[n] indices into `availability_patterns(modalities)`; a modality the context does not mention counts as
-        missing (an encoder called on its own: its modality alone)."""
-        patterns = availability_patterns(modalities)
-        lookup = torch.zeros(2 ** len(modalities), dtype=torch.long)
-        for index, pattern in enumerate(patterns):
-            lookup[sum(1 << modalities.index(m) for m in pattern)] = index
-        absent = torch.zeros(len(self), dtype=torch.bool, device=next(iter(self.available.values())).device)
-        codes = sum(self.available.get(m, absent).long() << i for i, m in enumerate(modalities))
-        return lookup.to(codes.device)[codes]
+        """[n] indices into `availability.patterns(modalities)` (`availability.pattern_index`)."""
+        return pattern_index(self.visible, modalities)
 
 
 TokenProvider = Callable[[EncoderContext], torch.Tensor]

@@ -72,9 +72,9 @@ def summarize(view, logits: torch.Tensor, labels: torch.Tensor, metrics: Sequenc
     }
 
 
-def shown(table) -> dict[str, torch.Tensor]:
-    """Modality -> [N] bools: what each sample keeps under a missing table."""
-    return {m: torch.from_numpy(table.available[:, i].copy()) for i, m in enumerate(table.modalities)}
+def visible_masks(table) -> dict[str, torch.Tensor]:
+    """Modality -> [N] bools: what each sample shows under a missing table."""
+    return {m: torch.from_numpy(table.visible[:, i].copy()) for i, m in enumerate(table.modalities)}
 
 
 # ----- scenarios -----------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def evaluate_run(
     logits, labels = scenario_logits(
         model,
         test,
-        {name: shown(view.table) for name, view in views.items()},
+        {name: visible_masks(view.table) for name, view in views.items()},
         batch_size or config.evaluation.batch_size,
         config.train.num_workers,
         precision,

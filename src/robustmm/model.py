@@ -10,6 +10,19 @@ A method (`robustmm.methods`, one file each) is a subclass that says
 A plug-in (`Plugin`, e.g. MWAM) adds losses and hooks to any method. Batching, modality dropout, the task loss,
 scenario evaluation and prediction live here once; the keyword options in `robustmm.options`, saving and loading
 in `robustmm.serialisation`.
+
+Glossary (`robustmm.availability`):
+- **present**: what the data has: a modality is present in a sample when its input exists. `Batch.present`,
+  modality -> [B] bools.
+- **visible**: what the model is shown in this pass: `present` minus what training-time modality dropout or an
+  evaluation scenario withholds. `encode` and `fuse` get `visible`; a modality that is not present is never
+  visible. `auxiliary_losses` gets both as one `Availability`, in a method and a plug-in alike.
+- **scenario**: a rule for what to show at evaluation (`complete`, `image missing`, a missing protocol's table),
+  applied to every test sample: visible = present & the scenario's mask.
+- **pattern**: a set of modalities, a tuple in the model's order such as `("image", "text")`; named by joining
+  with "+" (`"image+text"`, the keys of calibration.json and of the report's tables), indexed by its position in
+  `availability.patterns(modalities)`, largest first (index 0 is the complete pattern; MAP's prompt pool and
+  REP's pattern embedding are indexed so).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import torch.nn.functional as F
 from . import options as keyword_options
 from . import serialisation
 from .adapters import AdapterConfig
+from .availability import Availability
 from .checks import check_field_types
 from .encoders import EncoderConfig, EncoderContext, EncoderOutput, ModalityEncoder
 from .processing import Batch, Collator
@@ -145,10 +159,9 @@ class ModelOutput:
     logits: torch.Tensor
     fused: torch.Tensor
     features: Features
-    present: dict[str, torch.Tensor]
-    """Which modalities each sample truly has."""
-    visible: dict[str, torch.Tensor]
-    """Which modalities the model used: `present` minus those dropped by training-time modality dropout."""
+    availability: Availability
+    """Which modalities each sample has (`present`) and which the model used (`visible`: `present` minus those
+    dropped by training-time modality dropout)."""
     losses: dict[str, torch.Tensor] = field(default_factory=dict)
     """Auxiliary losses by name, unweighted (the logs show each as `train/<name>_loss`)."""
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -207,9 +220,9 @@ class Plugin(TrainingHooks, nn.Module):
         object.__setattr__(self, "owner", model)  # a plain attribute, not a submodule: the model owns the plug-in
 
     def auxiliary_losses(
-        self, features: Features, visible: dict[str, torch.Tensor], batch: Batch
+        self, features: Features, availability: Availability, batch: Batch
     ) -> dict[str, tuple[torch.Tensor, float]]:
-        """Like `MultimodalModel.auxiliary_losses`, given what the model used (`visible`)."""
+        """As `MultimodalModel.auxiliary_losses`: name -> (loss, weight) added to the task loss."""
         return {}
 
 
@@ -289,9 +302,11 @@ class MultimodalModel(TrainingHooks, nn.Module):
         return self.fusion(features.cls, visible)
 
     def auxiliary_losses(
-        self, features: Features, present: dict[str, torch.Tensor], batch: Batch
+        self, features: Features, availability: Availability, batch: Batch
     ) -> dict[str, tuple[torch.Tensor, float]]:
-        """Name -> (loss, weight) added to the task loss (CMPT: its alignment loss, lambda of eq. 7)."""
+        """Name -> (loss, weight) added to the task loss (CMPT: its alignment loss, lambda of eq. 7).
+        `availability.present` is what the samples have (an alignment target may be one that training dropped),
+        `availability.visible` what the model was shown in this step."""
         return {}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
@@ -428,11 +443,12 @@ class MultimodalModel(TrainingHooks, nn.Module):
         visible = self.drop_modalities(present) if self.training else present
         features = self.encode(batch, visible)
         fused = self.fuse(features, visible)
-        output = ModelOutput(self.head(fused), fused, features, present, visible)
+        availability = Availability(present, visible)
+        output = ModelOutput(self.head(fused), fused, features, availability)
         if batch.labels is not None:
-            weighted = dict(self.auxiliary_losses(features, present, batch))
+            weighted = dict(self.auxiliary_losses(features, availability, batch))
             for plugin in self.plugins.values():
-                weighted.update(plugin.auxiliary_losses(features, visible, batch))
+                weighted.update(plugin.auxiliary_losses(features, availability, batch))
             output.losses = {name: loss for name, (loss, _) in weighted.items()}
             output.loss_weights = {name: weight for name, (_, weight) in weighted.items()}
             output.task_loss = self.task_loss(output.logits, batch.labels)
@@ -454,8 +470,8 @@ class MultimodalModel(TrainingHooks, nn.Module):
         present = batch.present
         shared = None if self.encodes_by_availability else self.encode(batch, present)
         logits = {}
-        for name, shown in scenarios.items():
-            visible = {m: p & shown[m] for m, p in present.items()}
+        for name, scenario in scenarios.items():
+            visible = {m: p & scenario[m] for m, p in present.items()}
             empty = ~torch.stack(list(visible.values())).any(0)
             if empty.any():
                 first = int(empty.nonzero()[0])

@@ -477,9 +477,11 @@ def scenario_logits(
     labels, start = [], 0
     for batch in loader:
         rows = order[start : start + len(batch)]
-        shown = {name: {m: mask[rows].to(device) for m, mask in masks.items()} for name, masks in scenarios.items()}
+        batch_scenarios = {
+            name: {m: mask[rows].to(device) for m, mask in masks.items()} for name, masks in scenarios.items()
+        }
         with autocast(precision, device.type):
-            for name, values in model.logits_by_availability(batch.to(device), shown).items():
+            for name, values in model.logits_by_availability(batch.to(device), batch_scenarios).items():
                 logits[name].append(values.float().cpu())
         labels.append(batch.labels)
         start += len(batch)

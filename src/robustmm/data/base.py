@@ -451,7 +451,7 @@ class MultimodalDataset(Dataset):
         texts = [m for m, kind in self.modalities.items() if kind == "text"]
         return [sum(len(r.sources[m]) for m in texts if isinstance(r.sources.get(m), str)) for r in self.records]
 
-    def real_availability(self) -> np.ndarray:
+    def present_table(self) -> np.ndarray:
         """`[n, modalities]` bools: which modalities each sample really has."""
         return np.array([[r.sources.get(m) is not None for m in self.modalities] for r in self.records], bool)
 
@@ -486,7 +486,7 @@ class ProtocolView(Dataset):
             split or dataset.split,
             dataset.ids,
             list(dataset.modalities),
-            dataset.real_availability(),
+            dataset.present_table(),
             groups=dataset.groups(),
             cache_dir=cache_dir,
         )

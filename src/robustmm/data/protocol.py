@@ -176,14 +176,14 @@ class MissingProtocol:
         split: str,
         ids: Sequence[str],
         modalities: Sequence[str],
-        real_available: np.ndarray | None = None,
+        present: np.ndarray | None = None,
         *,
         groups: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
     ) -> "MissingTable":
         """Which modalities the protocol removes from each sample of `split`.
 
-        `real_available` (`[n, len(modalities)]` bools, default all True) is what the data really has.
+        `present` (`[n, len(modalities)]` bools, default all True) is what the data has.
         `groups` draws the selection per group (e.g. per movie when each of its plots is a sample) and applies
         it to every member, as MAP does for MM-IMDb. The selection, which depends only on the protocol, the
         split, the modalities and the ids, is cached in `cache_dir` when given.
@@ -195,11 +195,11 @@ class MissingProtocol:
         keys = ids if groups is None else [str(g) for g in groups]
         if len(keys) != len(ids):
             raise ValueError(f"got {len(groups)} groups for {len(ids)} ids")
-        real = np.ones((len(ids), len(modalities)), bool) if real_available is None else np.asarray(real_available)
-        if real.shape != (len(ids), len(modalities)):
-            raise ValueError(f"real_available has shape {real.shape}, expected {(len(ids), len(modalities))}")
+        present = np.ones((len(ids), len(modalities)), bool) if present is None else np.asarray(present)
+        if present.shape != (len(ids), len(modalities)):
+            raise ValueError(f"present has shape {present.shape}, expected {(len(ids), len(modalities))}")
         selection = self._cached_selection(split, sorted(set(keys)), modalities, cache_dir)
-        return MissingTable.build(self, split, ids, modalities, real.astype(bool), [selection.get(k) for k in keys])
+        return MissingTable.build(self, split, ids, modalities, present.astype(bool), [selection.get(k) for k in keys])
 
     def _selection(self, split: str, keys: list[str], modalities: tuple[str, ...]) -> dict[str, str]:
         """key -> the modality it loses, for the floor(rate * n) keys ranked first by hash."""
@@ -260,17 +260,17 @@ class MissingProtocol:
 
 @dataclass(frozen=True, eq=False)
 class MissingTable:
-    """Real and simulated availability of every sample of one split under one protocol.
+    """What every sample of one split has and what the protocol shows of it (`availability`'s vocabulary).
 
-    `real[i, m]`: sample i really has modality m. `dropped[i, m]`: the protocol removes it. A sample keeps
-    `available = real & ~dropped`, which is never all False for a sample that had any modality.
+    `present[i, m]`: sample i has modality m. `dropped[i, m]`: the protocol removes it. The model is shown
+    `visible = present & ~dropped`, which is never all False for a sample that had any modality.
     """
 
     protocol_hash: str
     split: str
     ids: tuple[str, ...]
     modalities: tuple[str, ...]
-    real: np.ndarray
+    present: np.ndarray
     dropped: np.ndarray
     already_missing: int = 0
     """Samples selected to lose a modality they did not have: nothing was dropped."""
@@ -278,38 +278,38 @@ class MissingTable:
     """Samples whose selected drop was cancelled because it would have removed their last modality."""
 
     @classmethod
-    def build(cls, protocol, split, ids, modalities, real, selected: list[str | None]) -> "MissingTable":
-        dropped = np.zeros_like(real)
+    def build(cls, protocol, split, ids, modalities, present, selected: list[str | None]) -> "MissingTable":
+        dropped = np.zeros_like(present)
         already_missing = kept_last = 0
         for row, name in enumerate(selected):
             if name is None:
                 continue
             column = modalities.index(name)
-            if not real[row, column]:
+            if not present[row, column]:
                 already_missing += 1
-            elif real[row].sum() == 1:
+            elif present[row].sum() == 1:
                 kept_last += 1
             else:
                 dropped[row, column] = True
-        return cls(protocol.hash(), split, tuple(ids), tuple(modalities), real, dropped, already_missing, kept_last)
+        return cls(protocol.hash(), split, tuple(ids), tuple(modalities), present, dropped, already_missing, kept_last)
 
     @property
-    def available(self) -> np.ndarray:
-        return self.real & ~self.dropped
+    def visible(self) -> np.ndarray:
+        return self.present & ~self.dropped
 
     def dropped_modalities(self, row: int) -> set[str]:
         return {m for m, drop in zip(self.modalities, self.dropped[row]) if drop}
 
     def pattern(self, row: int) -> str:
-        """The available modalities of a sample joined by '+', e.g. 'image+text'; 'none' if it has none."""
-        return "+".join(m for m, ok in zip(self.modalities, self.available[row]) if ok) or "none"
+        """The visible modalities of a sample joined by '+', e.g. 'image+text'; 'none' if it has none."""
+        return "+".join(m for m, ok in zip(self.modalities, self.visible[row]) if ok) or "none"
 
     def pattern_counts(self) -> dict[str, dict[str, int]]:
         """Per availability pattern: samples, how many are in it because of simulation (at least one dropped
         modality) and how many only because of real missingness."""
         counts: dict[str, dict[str, int]] = {}
         simulated = self.dropped.any(1)
-        incomplete = ~self.available.all(1)
+        incomplete = ~self.visible.all(1)
         for row in range(len(self.ids)):
             entry = counts.setdefault(self.pattern(row), {"samples": 0, "real": 0, "simulated": 0})
             entry["samples"] += 1
@@ -324,7 +324,7 @@ class MissingTable:
         return {
             "samples": len(self.ids),
             "patterns": self.pattern_counts(),
-            "real_missing": {m: int((~self.real[:, i]).sum()) for i, m in enumerate(self.modalities)},
+            "real_missing": {m: int((~self.present[:, i]).sum()) for i, m in enumerate(self.modalities)},
             "simulated_missing": {m: int(self.dropped[:, i].sum()) for i, m in enumerate(self.modalities)},
             "already_missing": self.already_missing,
             "kept_last": self.kept_last,

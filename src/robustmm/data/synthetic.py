@@ -244,19 +244,19 @@ class SyntheticBenchmark:
         channel[:, OMITTED] = omit
         return channel
 
-    def _observers(self, available: tuple[str, ...]) -> list[tuple[int, list[str]]]:
-        unknown = set(available) - set(self.modalities)
-        if unknown or not available:
-            raise ValueError(f"available must be a non-empty subset of {self.modalities}, got {available}")
-        observed = [(k, [m for m in a.revealed_by if m in available]) for k, a in enumerate(ATTRIBUTES)]
+    def _observers(self, pattern: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+        unknown = set(pattern) - set(self.modalities)
+        if unknown or not pattern:
+            raise ValueError(f"a pattern must be a non-empty subset of {self.modalities}, got {pattern}")
+        observed = [(k, [m for m in a.revealed_by if m in pattern]) for k, a in enumerate(ATTRIBUTES)]
         return [(k, observers) for k, observers in observed if observers]
 
-    def _likelihoods(self, available: tuple[str, ...]) -> list[tuple[int, list[str], np.ndarray]]:
+    def _likelihoods(self, pattern: tuple[str, ...]) -> list[tuple[int, list[str], np.ndarray]]:
         """Per observed attribute: P(its joint message | y), `[num_classes, (NUM_VALUES + 1) ** observers]`.
 
         The joint message index is mixed-radix, the first observer (in `revealed_by` order) most significant."""
         tables = []
-        for k, observers in self._observers(available):
+        for k, observers in self._observers(pattern):
             given_value = np.ones((NUM_VALUES, 1))
             for modality in observers:
                 given_value = (given_value[:, :, None] * self._channel(modality)[:, None, :]).reshape(NUM_VALUES, -1)
@@ -265,12 +265,12 @@ class SyntheticBenchmark:
             tables.append((k, observers, value_given_class @ given_value))
         return tables
 
-    def bayes_accuracy(self, available: tuple[str, ...]) -> float:
-        """Exact Bayes-optimal accuracy when only `available` modalities are seen: sum_m max_y P(y, m).
+    def bayes_accuracy(self, pattern: tuple[str, ...]) -> float:
+        """Exact Bayes-optimal accuracy when only the modalities of `pattern` are seen: sum_m max_y P(y, m).
 
         Attributes are independent given y and each message depends on one attribute, so P(y, m) is a product of
         per-attribute tables; the sum runs over all joint messages, a chunk of the first table at a time."""
-        tables = sorted((t for _, _, t in self._likelihoods(tuple(available))), key=lambda t: -t.shape[1])
+        tables = sorted((t for _, _, t in self._likelihoods(tuple(pattern))), key=lambda t: -t.shape[1])
         rest = np.full((self.config.num_classes, 1), 1.0 / self.config.num_classes)
         for table in tables[1:]:
             rest = (rest[:, :, None] * table[:, None, :]).reshape(self.config.num_classes, -1)
@@ -283,10 +283,10 @@ class SyntheticBenchmark:
             )
         )
 
-    def bayes_posterior(self, latents: list[Latent], available: tuple[str, ...]) -> np.ndarray:
-        """P(y | the messages of the `available` modalities), `[len(latents), num_classes]`: the Bayes classifier."""
+    def bayes_posterior(self, latents: list[Latent], pattern: tuple[str, ...]) -> np.ndarray:
+        """P(y | the messages of the modalities of `pattern`), `[len(latents), num_classes]`: the Bayes classifier."""
         log_joint = np.full((len(latents), self.config.num_classes), -math.log(self.config.num_classes))
-        for k, observers, table in self._likelihoods(tuple(available)):
+        for k, observers, table in self._likelihoods(tuple(pattern)):
             name = ATTRIBUTES[k].name
             index = np.zeros(len(latents), dtype=int)
             for modality in observers:

@@ -61,10 +61,10 @@ class PlaceholderFusion(MultimodalModel):
         device = self.device
         filled = {}
         for modality in self.modalities:
-            shown = visible[modality].unsqueeze(-1)
+            rows = visible[modality].unsqueeze(-1)
             cls = features.cls[modality]
-            if not shown.all():
-                cls = torch.where(shown, cls, self.encode_placeholder(modality, device))
+            if not rows.all():
+                cls = torch.where(rows, cls, self.encode_placeholder(modality, device))
             filled[modality] = cls
         return self.fusion(filled, self.every_modality(visible))
 

@@ -171,10 +171,11 @@ class CMPT(MultimodalModel):
         terms = proxy_fill(features.cls, features.extras["proxies"], visible, self.modalities)
         return self.fusion(terms, self.every_modality(visible))
 
-    def auxiliary_losses(self, features: Features, present, batch) -> dict[str, tuple[torch.Tensor, float]]:
+    def auxiliary_losses(self, features: Features, availability, batch) -> dict[str, tuple[torch.Tensor, float]]:
+        """Eq. 4 over what the samples have (`present`): a modality dropped in training is still a target."""
         c = self.config
         loss = alignment_loss(
-            features.cls, features.extras["proxies"], present, self.modalities,
+            features.cls, features.extras["proxies"], availability.present, self.modalities,
             c.align_denominator, c.align_detach_target, c.align_eps,
         )
         return {"align": (loss, c.align_weight)}

@@ -10,7 +10,7 @@ default), and the head is the pooler (`Linear(d, d)`, tanh) on the fused feature
 learnable, `input` type by default.
 
 Here every encoder carries prompts, one set per availability pattern: 2^M - 1 patterns for M modalities
-(`availability_patterns`, complete first), `P[pattern, layer] in R^{length x d}` per encoder and layer
+(`patterns`, complete first), `P[pattern, layer] in R^{length x d}` per encoder and layer
 l < `prompt_depth`. A sample with pattern s is encoded, by every encoder, with the prompts `P[s, l]` of each
 layer:
 - `input` (MAP's default): at each prompt layer l the tokens `P[s, l]` are inserted in front of the sequence
@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import AdapterConfig
-from ..availability import availability_patterns
+from .. import availability
 from ..encoders import EncoderContext
 from ..model import Features, ModalityDropoutChoice
 from ..registry import register_method
@@ -110,7 +110,7 @@ class MissingAwarePrompts(PlaceholderFusion):
 
     def build(self) -> None:
         c = self.config
-        self.patterns = availability_patterns(self.modalities)
+        self.patterns = availability.patterns(self.modalities)
         self.depth = min(c.prompt_depth, *(e.num_layers for e in self.encoders.values()))
         self.prompts = nn.ParameterDict(
             {m: nn.Parameter(self.initial_prompts(self.hidden_sizes[m])) for m in self.modalities}
@@ -147,8 +147,8 @@ class MissingAwarePrompts(PlaceholderFusion):
             features = encoded.cls if encoded else self.zeros(len(batch), self.hidden_sizes[m])
             for index in pattern[~visible[m]].unique().tolist():
                 rows = (~visible[m] & (pattern == index)).unsqueeze(-1)
-                shown = {n: torch.tensor([n in self.patterns[index]], device=device) for n in self.modalities}
-                features = torch.where(rows, self.encode_placeholder(m, device, EncoderContext(shown)), features)
+                seen = {n: torch.tensor([n in self.patterns[index]], device=device) for n in self.modalities}
+                features = torch.where(rows, self.encode_placeholder(m, device, EncoderContext(seen)), features)
             cls[m] = features
         return Features(cls)
 

@@ -349,10 +349,10 @@ class MoLT(MultimodalModel):
             valid[m] = scatter_rows(mask.bool(), present) if mask is not None else present[:, None].expand(-1, length)
         return Features(cls, {"states": states, "valid": valid})
 
-    def translate(self, features: Features, available: dict[str, torch.Tensor]):
+    def translate(self, features: Features, shown: dict[str, torch.Tensor]):
         """The MoLT modules of every tapped layer: (pooled projections X'_m, pooled cross-attended H_m), each a list
-        over layers of modality -> [B, d_c]. A modality that is not `available` in a row is that layer's mask
-        token there, as its only token."""
+        over layers of modality -> [B, d_c]. A modality not `shown` in a row (not visible for the fusion, not
+        present for L_CCA) is that layer's mask token there, as its only token."""
         projected, attended = [], []
         for layer, attention in enumerate(self.cross_attention):
             tokens, valid = {}, {}
@@ -361,10 +361,10 @@ class MoLT(MultimodalModel):
                 if self.config.normalize_states:
                     states = F.layer_norm(states, states.shape[-1:])
                 first = torch.where(
-                    available[m][:, None], states[:, 0], self.mask_tokens[m][layer].to(states.dtype)
+                    shown[m][:, None], states[:, 0], self.mask_tokens[m][layer].to(states.dtype)
                 )
                 states = torch.cat([first[:, None], states[:, 1:]], 1)
-                real = features.extras["valid"][m] & available[m][:, None]
+                real = features.extras["valid"][m] & shown[m][:, None]
                 valid[m] = torch.cat([torch.ones_like(real[:, :1]), real[:, 1:]], 1)
                 tokens[m] = self.projections[m][layer](states)
             crossed = attention(tokens, valid)
@@ -377,9 +377,10 @@ class MoLT(MultimodalModel):
         robust = [fbp(pooled) for fbp, pooled in zip(self.fbp, attended)]
         return self.fusion(features.cls, visible, robust)
 
-    def auxiliary_losses(self, features: Features, present, batch) -> dict[str, tuple[torch.Tensor, float]]:
-        """L_CCA (weight beta) on the latent features of the truly present modalities, dropped ones included."""
+    def auxiliary_losses(self, features: Features, availability, batch) -> dict[str, tuple[torch.Tensor, float]]:
+        """L_CCA (weight beta) on the latent features of the present modalities, dropped ones included."""
         c = self.config
+        present = availability.present
         projected, attended = self.translate(features, present)
         pooled = attended if c.cca_features == "attended" else projected
         if c.cca_size is not None:

@@ -249,8 +249,11 @@ class MWAM(Plugin):
         self.ratios.copy_(torch.where(self.banked, ratio, torch.zeros_like(ratio)))
         self.weights.copy_(torch.where(self.banked, weight, torch.ones_like(weight)))
 
-    def auxiliary_losses(self, features: Features, visible, batch) -> dict[str, tuple[torch.Tensor, float]]:
+    def auxiliary_losses(self, features: Features, availability, batch) -> dict[str, tuple[torch.Tensor, float]]:
+        """The auxiliary heads' losses on what the model was shown (`visible`): a dropped modality has no
+        feature to learn from."""
         model = self.owner
+        visible = availability.visible
         if not model.training:
             return {}
         self.measure(batch, visible)

@@ -91,7 +91,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..adapters import AdapterConfig
-from ..availability import availability_patterns
+from .. import availability
 from ..encoders import EncoderContext
 from ..model import Features, ModalityDropoutChoice, ModelConfig, MultimodalModel
 from ..registry import register_method
@@ -257,7 +257,7 @@ class ReplayPrompting(MultimodalModel):
 
     def build(self) -> None:
         c, n = self.config, self.config.buffer_length
-        self.patterns = availability_patterns(self.modalities)
+        self.patterns = availability.patterns(self.modalities)
         copies = [[PRESENT if m in p else MISSING for m in self.modalities] for p in self.patterns]
         self.register_buffer("private_copy", torch.tensor(copies), persistent=False)  # [patterns, M]
         self.depth = min(c.depth, *(e.num_layers for e in self.encoders.values()))
@@ -323,11 +323,8 @@ class ReplayPrompting(MultimodalModel):
 
     def pattern_index(self, context: EncoderContext) -> torch.Tensor:
         """[n] indices into `self.patterns`; a modality the context does not mention counts as missing."""
-        rows = len(context)
         device = self.private_copy.device
-        absent = torch.zeros(rows, dtype=torch.bool)
-        available = {m: context.available.get(m, absent).to(device) for m in self.modalities}
-        return EncoderContext(available).pattern_index(self.modalities)
+        return availability.pattern_index({m: v.to(device) for m, v in context.visible.items()}, self.modalities)
 
     def selected_private(self, pattern: torch.Tensor) -> dict[str, torch.Tensor]:
         """Modality -> [n_rows, n, d_m]: the present or missing copy of each private buffer, per row's pattern."""
@@ -338,7 +335,7 @@ class ReplayPrompting(MultimodalModel):
         """[n_rows, n, d_m]: each row's shared buffer, projected into the encoder by h^m."""
         return self.generators.shared[modality](self.shared[pattern])
 
-    def auxiliary_losses(self, features: Features, present, batch) -> dict[str, tuple[torch.Tensor, float]]:
+    def auxiliary_losses(self, features: Features, availability, batch) -> dict[str, tuple[torch.Tensor, float]]:
         if not self.config.orth_weight:
             return {}
         every = torch.arange(len(self.patterns), device=self.private_copy.device)

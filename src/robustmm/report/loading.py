@@ -12,7 +12,7 @@ import numpy as np
 from ..data.protocol import SWEEP_RATES
 from ..metrics import mean_sd
 from ..availability import pattern_name
-from ..calibration import CALIBRATION_FILE, presence, read_temperatures
+from ..calibration import CALIBRATION_FILE, present_table, read_temperatures
 
 ANALYSIS_SAMPLES = 300
 """Test samples that the model-based parts (calibration, t-SNE) read at most."""
@@ -220,7 +220,7 @@ def from_models(models: dict, samples, title: str | None = None, batch_size: int
     modalities, multilabel = list(first.modalities), first.config.multilabel
     metric = default_metrics(multilabel)[0]
     class_names = list(first.config.class_names or map(str, range(first.config.num_classes)))
-    masks = availability_masks(presence(samples, modalities), modalities)
+    masks = availability_masks(present_table(samples, modalities), modalities)
     order = np.random.default_rng(0).permutation(len(samples))
     runs = []
     for name, model in models.items():

@@ -32,7 +32,7 @@ def fused_features(model, samples: list[dict], hidden: str | None, batch_size: i
         for start in range(0, len(samples), batch_size):
             chunk = [without(s, hidden) if hidden else s for s in samples[start : start + batch_size]]
             output = model(model.collate(chunk))
-            cls, visible = output.features.cls, output.visible
+            cls, visible = output.features.cls, output.availability.visible
             plain.append(sum(cls[m] * visible[m][:, None] for m in cls).float())
             fused.append(output.fused.float())
     return torch.cat(plain).numpy(), torch.cat(fused).numpy()
