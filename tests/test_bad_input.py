@@ -182,7 +182,7 @@ def _(c):
 def _(c):
     directory = c.saved()
     config = json.loads((directory / "robustmm_config.json").read_text())
-    c.edit_config(directory, adapter={**config["adapter"], "kind": "dora"})
+    c.edit_config(directory, adapter={**config["adapter"], "type": "dora"})
     robustmm.load_model(directory)
 
 

@@ -72,8 +72,8 @@ def test_methods_list_where_their_defaults_depart_from_their_sources(capsys):
         assert METHODS.get(name).departures, name
         assert all(departure in printed for departure in METHODS.get(name).departures)
     assert PLUGINS.get("mwam").departures and all(d in printed for d in PLUGINS.get("mwam").departures)
-    assert METHODS.get("map").default_adapter().kind == "none" and METHODS.get("molt").default_adapter().kind == "none"
-    assert METHODS.get("cmpt").default_adapter().kind == "lora"  # CMPT's source adapts with rank-1 LoRA
+    assert METHODS.get("map").default_adapter().type == "none" and METHODS.get("molt").default_adapter().type == "none"
+    assert METHODS.get("cmpt").default_adapter().type == "lora"  # CMPT's source adapts with rank-1 LoRA
 
 
 def test_a_copy_is_a_model_of_its_own_and_pickles(tiny_encoders, variant):

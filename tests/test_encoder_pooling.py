@@ -77,7 +77,7 @@ def test_the_class_feature_is_the_familys_own_pooled_output_and_depends_on_the_i
     torch.manual_seed(0)
     model = make().eval()
     model.save_pretrained(tmp_path)
-    encoder = ModalityEncoder(kind, EncoderConfig(str(tmp_path), kind=kind), AdapterConfig(kind="none")).eval()
+    encoder = ModalityEncoder(kind, EncoderConfig(str(tmp_path), kind=kind), AdapterConfig(type="none")).eval()
     with torch.no_grad():
         features = [encoder(inputs_of(kind, variant)).cls for variant in (0, 1)]
         tower = getattr(model, "text_model", model) if kind == "text" else model

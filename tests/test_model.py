@@ -338,7 +338,8 @@ def test_scenario_logits_batch_by_length_and_answer_in_the_order_given(image_tex
 
 @pytest.mark.parametrize("keep_dropout", [False, True])
 def test_frozen_encoder_dropout_is_off_unless_asked_and_adapter_dropout_follows_the_mode(tiny_encoders, keep_dropout):
-    encoders = {"text": {"name_or_path": tiny_encoders["text"], "dropout": keep_dropout}, "image": tiny_encoders["image"]}
+    encoders = {"text": {"name_or_path": tiny_encoders["text"], "keep_backbone_dropout": keep_dropout},
+                "image": tiny_encoders["image"]}
     model = robustmm.build_model("cmpt", encoders=encoders, num_classes=3)
     for mode in (True, False, True):
         model.train(mode)

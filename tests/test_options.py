@@ -42,7 +42,7 @@ def test_a_literal_option_is_one_of_its_choices_and_the_message_names_option_val
     ("baseline", "modality_dropout", "some", "modality_dropout must be one of none, leave_one_out, subsets"),
     ("map", "prompt_type", "deep", "prompt_type must be one of input, attention, got 'deep'"),
     ("molt", "pooling", "max", "pooling must be one of mean, first, got 'max'"),
-    ("cmpt", "adapter", "prefix", "adapter kind must be one of none, lora, dora, vera, got 'prefix'"),
+    ("cmpt", "adapter", "prefix", "adapter type must be one of none, lora, dora, vera, got 'prefix'"),
     ("cmpt", "mwam_frm_reduce", "max", "mwam_frm_reduce must be one of mean, sum, got 'max'"),
 ])
 def test_every_method_checks_its_choices_by_the_one_validator(method, option, value, message):
@@ -88,10 +88,10 @@ def test_methods_options_show_choices_defaults_and_help(capsys):
 def test_the_adapter_shorthands_make_one_adapter_config():
     cmpt = METHODS.get("cmpt")
     config = cmpt.config_from_kwargs({"a": "a", "b": "b"}, 2, adapter="dora", rank=4, adapter_dropout=0.0)
-    assert (config.adapter.kind, config.adapter.rank, config.adapter.dropout, config.adapter.alpha) == ("dora", 4, 0, 1)
-    whole = cmpt.config_from_kwargs({"a": "a", "b": "b"}, 2, adapter={"kind": "vera", "rank": 2}, alpha=2.0).adapter
-    assert (whole.kind, whole.rank, whole.alpha) == ("vera", 2, 2.0)
-    assert METHODS.get("map").config_from_kwargs({"a": "a", "b": "b"}, 2, rank=3).adapter.kind == "none"
+    assert (config.adapter.type, config.adapter.rank, config.adapter.dropout, config.adapter.alpha) == ("dora", 4, 0, 1)
+    whole = cmpt.config_from_kwargs({"a": "a", "b": "b"}, 2, adapter={"type": "vera", "rank": 2}, alpha=2.0).adapter
+    assert (whole.type, whole.rank, whole.alpha) == ("vera", 2, 2.0)
+    assert METHODS.get("map").config_from_kwargs({"a": "a", "b": "b"}, 2, rank=3).adapter.type == "none"
     assert list(cmpt.own_option_fields())[-5:] == ["adapter", "rank", "alpha", "adapter_dropout", "fusion_norm"]
 
 

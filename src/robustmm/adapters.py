@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import peft
 import torch.nn as nn
 
-from .checks import check_field_types
+from .checks import check_field_types, with_current_names
 
 ATTENTION_PROJECTIONS = (
     r".*\.\d+\.(?:"
@@ -34,9 +34,12 @@ ATTENTION_PROJECTIONS = (
 @dataclass
 class AdapterConfig:
     """What adapter to put on every encoder. Defaults are the paper's (Table 6): LoRA, rank 1, alpha 1, dropout 0.1;
-    `kind="none"`: no adapter, the encoder frozen."""
+    `type="none"`: no adapter, the encoder frozen."""
 
-    kind: Literal["none", "lora", "dora", "vera"] = "lora"
+    RENAMED: ClassVar[dict[str, str]] = {"kind": "type"}
+    """Former field names (old -> new), still read from older run configs and saved models."""
+
+    type: Literal["none", "lora", "dora", "vera"] = "lora"
     """The adapter on every encoder's attention projections; `none`: the encoders stay frozen."""
     rank: int = 1
     """The adapter's rank (paper: 1)."""
@@ -46,6 +49,11 @@ class AdapterConfig:
     """Dropout of the adapter's input (paper: 0.1)."""
     seed: int = 0
     """VeRA only: seed of its shared frozen random projections (`projection_prng_key`)."""
+
+    @classmethod
+    def from_dict(cls, given: dict) -> "AdapterConfig":
+        """From a mapping of its fields, former names included (`RENAMED`)."""
+        return cls(**with_current_names(given, cls.RENAMED, "adapter"))
 
     def __post_init__(self):
         check_field_types(self, "adapter ")
@@ -58,7 +66,7 @@ class AdapterConfig:
             )
 
     def peft_config(self, target_modules: str | list[str]) -> peft.PeftConfig:
-        if self.kind == "vera":
+        if self.type == "vera":
             # VeRA has no alpha; its frozen projections are regenerated from the seed, so saving them is redundant.
             return peft.VeraConfig(
                 r=self.rank,
@@ -72,7 +80,7 @@ class AdapterConfig:
             lora_alpha=self.alpha,
             lora_dropout=self.dropout,
             target_modules=target_modules,
-            use_dora=self.kind == "dora",
+            use_dora=self.type == "dora",
         )
 
 
@@ -108,12 +116,12 @@ def attach_adapter(
     backbone: nn.Module, config: AdapterConfig, target_modules: str | list[str] | None = None, name: str = "encoder"
 ) -> peft.PeftModel | Unadapted:
     """Freeze `backbone` and wrap it with the adapter on `target_modules` (default: attention projections), or,
-    for `kind="none"`, with no adapter at all.
+    for `type="none"`, with no adapter at all.
 
     Raises a clear error when the targets match nothing, instead of training an unadapted encoder (peft's own
     silent-mismatch pitfall).
     """
-    if config.kind == "none":
+    if config.type == "none":
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
         return Unadapted(backbone)

@@ -120,3 +120,16 @@ def load_json(text: str):
         return json.loads(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def with_current_names(given: dict, renamed: dict[str, str], what: str) -> dict:
+    """`given` (a mapping of a config's fields) with the fields' former names (`renamed`, old -> new) replaced by
+    today's, so that run configs and saved models written before a rename still load; both names at once is an
+    error that names them."""
+    given = dict(given)
+    for old, new in renamed.items():
+        if old in given:
+            if new in given:
+                raise ValueError(f"{what}: {old!r} is the former name of {new!r}; give one of them")
+            given[new] = given.pop(old)
+    return given

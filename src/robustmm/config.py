@@ -42,7 +42,7 @@ class ModelSection:
     method: str = "cmpt"
     encoders: dict[str, Any] = field(default_factory=dict)
     """Modality -> hub id or local path, or a mapping of `EncoderConfig` fields (name_or_path, max_length,
-    num_frames, kind, target_modules). Every modality of the dataset needs one."""
+    num_frames, kind, target_modules, keep_backbone_dropout). Every modality of the dataset needs one."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the method (`build_model`), e.g. align_weight, adapter, rank. The seed is `train.seed`."""
     sources: dict[str, str] = field(default_factory=dict)

@@ -142,7 +142,7 @@ def check_save_and_load(method: str, encoders: dict, directory: Path, **options)
     expect(counts["total_trainable"] == trainable, "total_trainable is not the trainable parameters")
     expect(sum(v for k, v in counts.items() if not k.startswith("total")) == trainable, "the parts do not add up")
     expect(counts["head"] > 0, "the head trains")
-    adapted = model.config.adapter.kind != "none"
+    adapted = model.config.adapter.type != "none"
     expect((counts.get("adapters.image", 0) > 0 and counts.get("adapters.text", 0) > 0) == adapted,
            "the adapters of each encoder train, and only with an adapter")
 

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel
 
 from .adapters import AdapterConfig, attach_adapter
 from .availability import pattern_index
-from .checks import check_field_types
+from .checks import check_field_types, with_current_names
 from .processing import KINDS, MAX_PIXELS, PROCESSORS
 
 KIND_BY_MODEL_TYPE = {
@@ -83,10 +83,18 @@ class EncoderConfig:
     """Adapter targets; None means the query, key, value and attention-output projections of every layer."""
     max_pixels: int = MAX_PIXELS
     """Image and video: image files with more pixels than this are refused before they are decoded (64 M)."""
-    dropout: bool = False
+    keep_backbone_dropout: bool = False
     """Keep the pretrained model's own dropout (BERT: 0.1) active in training. Off by default, a choice the paper
     leaves open: the encoder is frozen, so its dropout would only add noise to the features that the adapters
     and the head learn from; the adapters keep their own dropout (paper: 0.1) either way."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"dropout": "keep_backbone_dropout"}
+    """Former field names (old -> new), still read from older run configs and saved models."""
+
+    @classmethod
+    def from_dict(cls, given: dict) -> "EncoderConfig":
+        """From a mapping of its fields, former names included (`RENAMED`)."""
+        return cls(**with_current_names(given, cls.RENAMED, "encoder"))
 
     def __post_init__(self):
         if isinstance(self.name_or_path, os.PathLike):
@@ -248,7 +256,7 @@ class ModalityEncoder(nn.Module):
         for index, layer in enumerate(encoder_layers(base)):
             layer.register_forward_pre_hook(self._enter_layer(index), with_kwargs=True)
             layer.register_forward_hook(self._leave_layer(index))
-        self.encoder_dropout = config.dropout
+        self.keep_backbone_dropout = config.keep_backbone_dropout
         self.train()
 
     def _train_backbone_modules(self, names) -> set[str]:
@@ -365,10 +373,10 @@ class ModalityEncoder(nn.Module):
     # ----- encoding --------------------------------------------------------------------------------------------
 
     def train(self, mode: bool = True) -> "ModalityEncoder":
-        """Unless `EncoderConfig.dropout`, the frozen encoder's own modules stay in eval mode (no dropout) while
+        """Unless `EncoderConfig.keep_backbone_dropout`, the frozen encoder's own modules stay in eval mode (no dropout) while
         its adapter layers, and so their dropout, follow `mode`."""
         super().train(mode)
-        if not self.encoder_dropout:
+        if not self.keep_backbone_dropout:
             self.backbone.eval()
             for layer in self.backbone.modules():
                 if isinstance(layer, BaseTunerLayer):

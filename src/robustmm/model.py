@@ -92,7 +92,7 @@ class ModelConfig:
         check_field_types(self)
         self.encoders = {m: encoder_config(m, e) for m, e in self.encoders.items()}
         if isinstance(self.adapter, dict):
-            self.adapter = AdapterConfig(**self.adapter)
+            self.adapter = AdapterConfig.from_dict(self.adapter)
         if not self.encoders:
             raise ValueError("at least one encoder is needed")
         fewest = 1 if self.multilabel else 2
@@ -137,7 +137,7 @@ def encoder_config(modality: str, given) -> EncoderConfig:
     if isinstance(given, EncoderConfig):
         return given
     try:
-        return EncoderConfig(**given) if isinstance(given, dict) else EncoderConfig(given)
+        return EncoderConfig.from_dict(given) if isinstance(given, dict) else EncoderConfig(given)
     except ValueError as error:
         raise ValueError(f"modality {modality!r}: {error}") from error
 

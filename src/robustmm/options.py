@@ -22,7 +22,7 @@ from typing import Any
 from .adapters import AdapterConfig
 from .registry import FUSIONS, PLUGINS
 
-ADAPTER_SHORTHANDS = {"adapter": "kind", "rank": "rank", "alpha": "alpha", "adapter_dropout": "dropout"}
+ADAPTER_SHORTHANDS = {"adapter": "type", "rank": "rank", "alpha": "alpha", "adapter_dropout": "dropout"}
 """Options of every method that make its `AdapterConfig` -> the AdapterConfig field each sets. `adapter` may also
 be a whole AdapterConfig."""
 CONFIG_ONLY = ("encoders", "num_classes", "plugins", "adapter", "fusion_options")
@@ -138,9 +138,9 @@ def option_fields(method_class) -> dict[str, tuple[Any, Any]]:
 def adapter_from_options(method_class, options: dict) -> None:
     """Replace the adapter shorthands in `options` (in place) by the `adapter` they make."""
     given = {ADAPTER_SHORTHANDS[k]: options.pop(k) for k in list(options) if k in ADAPTER_SHORTHANDS}
-    whole = given.pop("kind") if isinstance(given.get("kind"), (AdapterConfig, dict)) else None
+    whole = given.pop("type") if isinstance(given.get("type"), (AdapterConfig, dict)) else None
     if isinstance(whole, dict):
-        whole = AdapterConfig(**whole)
+        whole = AdapterConfig.from_dict(whole)
     if whole is not None or given:
         options["adapter"] = replace(whole or default_adapter(method_class), **given)
 

@@ -17,24 +17,35 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from .atomic import atomic_write, atomic_write_text
-from .checks import load_json
+from .adapters import AdapterConfig
+from .checks import load_json, with_current_names
+from .encoders import EncoderConfig
 from .registry import UnknownNameError, get_method, import_modules, model_sources, unknown_code_message
 
 CONFIG_FILE = "robustmm_config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of the saved layout (`robustmm_config.json` records it). 2: method parameters live in the method, not
 in the encoders (CMPT's `encoders.<m>.proxy_tokens` became `proxies.<m>`); persistent method state is saved.
 3: the fusion is a module with options of its own (`fusion`, `fusion_options`): format 2's `fusion_norm`, and
-MoLT's `fusion_layers`, `fusion_heads` and `fusion_dropout`, are its options; its parameters keep their names."""
+MoLT's `fusion_layers`, `fusion_heads` and `fusion_dropout`, are its options; its parameters keep their names.
+4: an encoder's `dropout` is `keep_backbone_dropout`, the adapter's `kind` is its `type`."""
 
 
 def upgrade_config(options: dict, version: int) -> dict:
-    """A saved config of an older `FORMAT_VERSION` (without `format_version` and `method`) in this one's layout."""
+    """A saved config of an older `FORMAT_VERSION` (without `format_version` and `method`) in this one's layout,
+    one format at a time."""
     if version < 3:
         moved = {k: options.pop(k) for k in list(options) if k.startswith("fusion_") and k != "fusion_options"}
         options["fusion_options"] = {**(options.get("fusion_options") or {}),
                                      **{k.removeprefix("fusion_"): v for k, v in moved.items()}}
+    if version < 4:
+        options["encoders"] = {
+            m: with_current_names(e, EncoderConfig.RENAMED, f"encoder {m!r}") if isinstance(e, dict) else e
+            for m, e in options.get("encoders", {}).items()
+        }
+        if isinstance(options.get("adapter"), dict):
+            options["adapter"] = with_current_names(options["adapter"], AdapterConfig.RENAMED, "adapter")
     return options
 
 

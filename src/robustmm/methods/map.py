@@ -71,7 +71,7 @@ class MAPConfig(PlaceholderConfig):
     """`map`: zeros with one row of ones, a different row per pattern (MAP's code); `normal`: N(0, 0.02^2)."""
     head: Literal["map", "linear"] = "map"
     """`map`: ViLT's pooler then MAP's `Linear-LayerNorm-GELU-Linear`; `linear`: one linear layer."""
-    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="none"))
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(type="none"))
     """MAP freezes its transformer: no adapter (`adapter=lora` adds robustmm's rank-1 LoRA)."""
 
     def __post_init__(self):

@@ -131,7 +131,7 @@ class MoLTConfig(ModelConfig):
     """MoLT's own modules (projections, attention, FBP, mask tokens, fusion) train at 0.1x the run's learning
     rate: 1e-4, the reconstruction's rate, under the paper configs' 1e-3. On the demo (lr 1e-2), the 3.7M-parameter
     fusion diverges at the full rate."""
-    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="none"))
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(type="none"))
     """MoLT freezes its foundation models: no adapter."""
 
     def __post_init__(self):

@@ -109,7 +109,7 @@ class REPConfig(ModelConfig):
     """REP's buffers, generators, dynamic tokens and replay train at 0.1x the run's learning rate: 1e-3 under the
     demo's 1e-2, where the full rate collapsed the text-only pattern to one class (image missing: 0.10 against
     0.52; batches of 32). The code trains them at 1e-2 with batches of 256: `module_lr_scale=1` at lr 1e-2."""
-    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(kind="none"))
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(type="none"))
     """REP's code freezes CLIP but for its final norms and projections: no adapter."""
     train_backbone: list[str] = field(default_factory=lambda: ["final_layer_norm", "post_layernorm", "layernorm"])
     """The towers' final LayerNorms, as the code trains CLIP's ln_final and ln_post."""
