@@ -348,3 +348,28 @@ def test_frozen_encoder_dropout_is_off_unless_asked_and_adapter_dropout_follows_
         adapter = [m.training for n, m in text.named_modules() if isinstance(m, torch.nn.Dropout) and "lora_" in n]
         assert own and adapter
         assert set(own) == {mode and keep_dropout} and set(adapter) == {mode}
+
+
+def test_a_method_and_its_plugins_get_one_availability_with_both_masks(tiny_encoders, monkeypatch):
+    """`auxiliary_losses(features, availability, batch)` in the method and in a plug-in get the same object:
+    `present` (what the samples have) and `visible` (what modality dropout left the model)."""
+    from robustmm.availability import Availability
+
+    encoders = {"image": tiny_encoders["image"], "text": tiny_encoders["text"]}
+    model = robustmm.build_model("cmpt", encoders=encoders, num_classes=3, modality_dropout="leave_one_out",
+                                 mwam=True).train()
+    seen = []
+    record = lambda self, features, availability, batch: seen.append(availability) or {}  # noqa: E731
+    monkeypatch.setattr(type(model), "auxiliary_losses", record)
+    monkeypatch.setattr(type(model.plugins["mwam"]), "auxiliary_losses", record)
+    batch = model.collate(make_samples(4))
+    dropped = False
+    for _ in range(20):  # leave_one_out drops a modality in 2 of 3 steps
+        seen.clear()
+        model(batch)
+        method, plugin = seen
+        assert method is plugin and isinstance(method, Availability)
+        assert all(torch.equal(method.present[m], batch.present[m]) for m in encoders)
+        assert all(not (method.visible[m] & ~method.present[m]).any() for m in encoders)
+        dropped |= any(not torch.equal(method.visible[m], method.present[m]) for m in encoders)
+    assert dropped
