@@ -23,7 +23,7 @@ from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, con
 from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
 from .metrics import compute_metrics, default_metrics, mean_sd, per_class_scores
-from .atomic import atomic_write_text
+from .atomic import atomic_write, atomic_write_text
 from .model import MultimodalModel
 from .precision import resolve_precision
 from .serialisation import load_model
@@ -132,6 +132,24 @@ def evaluate_run(
     `datasets` caches opened splits between runs of one experiment. `precision` is chosen for the machine that
     evaluates (`auto`), not taken from the one that trained, and is recorded with the results.
     """
+    return scenario_pass(run_dir, scenarios, rates, root, batch_size, split, datasets, log, precision)[0]
+
+
+def scenario_pass(
+    run_dir: str | Path,
+    scenarios: Sequence[str] | None = None,
+    rates: Sequence[float] | None = None,
+    root: str | None = None,
+    batch_size: int | None = None,
+    split: str = "test",
+    datasets: dict | None = None,
+    log=None,
+    precision: str = "auto",
+    run_test: bool = False,
+) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """`evaluate_run`'s result, and the logits of each scenario, the labels and the sample ids (in the split's
+    order) from its one encoding pass. `run_test` adds the run's own test condition (its protocol on the test split, what
+    metrics.json's `test` holds) to that pass, as the result's `run_test`."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir / RUN_CONFIG)
     if not (run_dir / "model").is_dir():
@@ -154,26 +172,33 @@ def evaluate_run(
         item.name: test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
         for item in chosen
     }
+    masks = {name: shown(view.table) for name, view in views.items()}
+    if run_test:
+        if split != "test" or root is not None:
+            raise ValueError("run_test scores the run's own test split: it takes neither another split nor root")
+        run_view = test.with_protocol(config.protocol, cache_dir=run_dir / "missing_tables")
+        masks[RUN_TEST] = shown(run_view.table)
     if log:
         log(f"{run_dir}: {len(chosen)} scenarios, one encoding pass over {len(test)} samples")
     logits, labels = scenario_logits(
         model,
         test,
-        {name: shown(view.table) for name, view in views.items()},
+        masks,
         batch_size or config.evaluation.batch_size,
         config.train.num_workers,
         precision,
     )
+    multilabel = model.config.multilabel
     results = [
         {
             "name": item.name,
             "missing_type": item.missing_type,
             "rate": item.rate,
-            **summarize(views[item.name], logits[item.name], labels, config.train.metrics, model.config.multilabel),
+            **summarize(views[item.name], logits[item.name], labels, config.train.metrics, multilabel),
         }
         for item in chosen
     ]
-    return {
+    result = {
         "run": str(run_dir),
         "dataset": config.dataset.name,
         "method": config.model.method,
@@ -181,6 +206,42 @@ def evaluate_run(
         "precision": precision,
         "scenarios": results,
     }
+    if run_test:
+        result[RUN_TEST] = summarize(run_view, logits.pop(RUN_TEST), labels, config.train.metrics, multilabel)
+    return result, logits, labels, list(test.ids)
+
+
+RUN_TEST = "run_test"
+"""The key of the run's own test condition in a `scenario_pass` with `run_test`."""
+PREDICTIONS = "predictions.npz"
+
+
+def write_predictions(path: Path, logits: dict[str, torch.Tensor], labels: torch.Tensor, ids: Sequence[str]) -> None:
+    """Per-sample test logits of each scenario ([scenarios, N, classes], float32), the labels and the sample ids,
+    written atomically: what per-sample comparisons (a McNemar test, mixed missing rates) read without running
+    the model again."""
+    import numpy as np
+
+    def write(temp):
+        with open(temp, "wb") as handle:
+            np.savez_compressed(handle, scenarios=np.array(list(logits)), labels=labels.numpy(),
+                                logits=torch.stack(list(logits.values())).float().numpy(), ids=np.array(list(ids)))
+
+    atomic_write(path, write)
+
+
+def read_predictions(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """(scenario -> logits, labels, ids) from RUN_DIR/predictions.npz."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run's evaluation did not write predictions "
+                                "(a sweep's cells do)")
+    with np.load(path) as stored:
+        logits = torch.from_numpy(stored["logits"])
+        return ({str(name): logits[i] for i, name in enumerate(stored["scenarios"])},
+                torch.from_numpy(stored["labels"]), [str(i) for i in stored["ids"]])
 
 
 # ----- several seeds -------------------------------------------------------------------------------------------
@@ -218,10 +279,14 @@ def evaluate_runs(
     split: str = "test",
     log=None,
     precision: str = "auto",
+    run_test: bool = False,
+    predictions: bool = False,
 ) -> dict:
     """Evaluate each run and, for several, aggregate them; they must be seeds of one config.
 
-    Each run's results are written to `RUN_DIR/evaluation.json`.
+    Each run's results are written to `RUN_DIR/evaluation.json`, last. `run_test` scores the run's own test
+    condition in the same pass into metrics.json's `test` (for a run trained with `score_test=False`);
+    `predictions` writes each scenario's per-sample logits to `RUN_DIR/predictions.npz` (`write_predictions`).
     """
     if not run_dirs:
         raise ValueError("no run directory given")
@@ -241,9 +306,16 @@ def evaluate_runs(
     datasets: dict = {}
     runs = []
     for run_dir in run_dirs:
-        result = evaluate_run(run_dir, scenarios, rates, root, batch_size, split, datasets, log, precision)
-        text = json.dumps(result, indent=2)
-        atomic_write_text(Path(run_dir) / "evaluation.json", text)
+        run_dir = Path(run_dir)
+        result, logits, labels, ids = scenario_pass(run_dir, scenarios, rates, root, batch_size, split, datasets,
+                                                    log, precision, run_test)
+        if predictions:
+            write_predictions(run_dir / PREDICTIONS, logits, labels, ids)
+        if run_test:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics["test"] = result.pop(RUN_TEST)
+            atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        atomic_write_text(run_dir / "evaluation.json", json.dumps(result, indent=2))
         runs.append(result)
     report = {"runs": runs}
     if len(runs) > 1:
