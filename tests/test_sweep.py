@@ -97,6 +97,12 @@ def test_every_combination_is_a_cell_and_dry_run_lists_them_without_training(wri
     assert cell_names({"a.seed": [1], "b.seed": [2], "c.lr": [0.1]})[0][0] == "a.seed=1,b.seed=2,lr=0.1"
 
 
+def test_set_on_a_grid_key_replaces_its_values(write_sweep, tmp_path):
+    path = write_sweep(tmp_path / "grid.yaml", {"model.method": ["baseline", "cmpt"], "train.seed": [0, 1]})
+    sweep = load_sweep(str(path), ["train.seed=[5]", "model.method=cmpt", "train.lr=0.1"])
+    assert [(c.name, c.config.train.seed, c.config.train.lr) for c in sweep.cells] == [("method=cmpt,seed=5", 5, 0.1)]
+
+
 def test_all_lists_every_method(write_sweep, tmp_path):
     sweep = load_sweep(str(write_sweep(tmp_path / "all.yaml", {"model.method": "all"})))
     assert [c.config.model.method for c in sweep.cells] == METHODS.names()
@@ -178,6 +184,33 @@ def test_the_tables_hold_mean_and_sd_over_seeds_of_the_cells_with_best_and_secon
         == scores
     assert (folder / "report" / "report.html").is_file()
     assert json.loads((folder / "report" / "tables" / "scenarios.json").read_text())
+
+
+def test_a_cell_scores_its_test_split_in_one_pass_and_keeps_its_predictions(finished):
+    """metrics.json's `test` comes from the evaluation's pass and equals what `robustmm train` scores itself;
+    predictions.npz holds each scenario's per-sample logits, in the split's order, that give evaluation.json's
+    figures."""
+    from robustmm.config import read_run_config
+    from robustmm.evaluation import open_split, read_predictions, score
+    from robustmm.metrics import compute_metrics
+    from robustmm.serialisation import load_model
+
+    _, folder = finished
+    for run_dir in sorted((folder / "cells").iterdir()):
+        config = read_run_config(run_dir / "config.yaml")
+        test = open_split(config.dataset, "test")
+        view = test.with_protocol(config.protocol, cache_dir=run_dir / "missing_tables")
+        alone = score(load_model(run_dir / "model"), view, config.train.metrics, precision=config.train.precision)
+        test_entry = json.loads((run_dir / "metrics.json").read_text())["test"]
+        assert test_entry["metrics"] == pytest.approx(alone["metrics"], abs=1e-6)
+        assert (test_entry["protocol"], test_entry["samples"], test_entry["patterns"]) == (
+            alone["protocol"], alone["samples"], alone["patterns"])
+        logits, labels, ids = read_predictions(run_dir)
+        assert ids == list(test.ids)
+        evaluated = json.loads((run_dir / "evaluation.json").read_text())["scenarios"]
+        assert list(logits) == [row["name"] for row in evaluated]
+        for row in evaluated:
+            assert compute_metrics(logits[row["name"]], labels, False, ["accuracy"]) == row["metrics"]
 
 
 def test_a_rerun_skips_finished_cells_and_status_shows_them_done(finished, capsys):
