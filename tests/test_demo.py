@@ -99,3 +99,21 @@ def test_mcnemar_flags_a_model_that_beats_the_bayes_classifier_on_the_same_sampl
     swapped = bayes.copy()
     swapped[700:730], swapped[:30] = True, False  # as often right as Bayes: no evidence either way
     assert mcnemar_above(swapped, bayes) > 0.4
+
+
+def test_with_three_modalities_the_cells_are_evaluated_on_every_availability_pattern(tmp_path):
+    """The demo's scenarios are the benchmark's seven patterns; `patterns` evaluates each on every test sample."""
+    from robustmm.data import get_dataset
+    from robustmm.evaluation import PatternScenario, parse_scenarios
+
+    config = DemoConfig(modalities=["image", "text", "audio"])
+    modalities = {m: m for m in config.modalities}
+    chosen = {item.name: item for item in parse_scenarios(["patterns"], modalities)}
+    assert set(chosen) == {s["name"] for s in benchmark_of(config).scenarios()}
+    test = get_dataset("synthetic", tmp_path, "test", modalities="image,text,audio", train_size=2, val_size=2,
+                       test_size=5)
+    for scenario in benchmark_of(config).scenarios():
+        item = chosen[scenario["name"]]
+        if isinstance(item, PatternScenario):
+            available = item.view(test, "test").table.available
+            assert available.tolist() == [[m in scenario["available"] for m in config.modalities]] * 5

@@ -380,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (seeds of one config)")
     evaluate.add_argument(
         "--scenarios",
-        help="comma-separated: complete, missing, sweep:<modality> (or sweep), grid; default: the config's evaluation",
+        help="comma-separated: complete, missing, patterns, sweep:<modality> (or sweep), grid; default: the config's "
+        "evaluation",
     )
     evaluate.add_argument("--rates", type=_rates, help="missing rates for sweeps and the grid, e.g. 0,0.3,0.7,1")
     evaluate.add_argument("--root", help="read the data from here instead of the root the run was trained on")

@@ -110,6 +110,10 @@ def check_methods(config: DemoConfig) -> None:
         )
 
 
+EVALUATION_SCENARIOS = {1: ["complete"], 2: ["complete", "missing"]}
+"""The cells' evaluation by the number of modalities: every availability pattern (`patterns` from three on)."""
+
+
 def demo_overrides(config: DemoConfig) -> list[str]:
     """The demo's settings as `--set` assignments of the shipped `demo` sweep, its grid's seeds and methods
     included."""
@@ -120,7 +124,7 @@ def demo_overrides(config: DemoConfig) -> list[str]:
         **{f"dataset.options.{name}": getattr(config, name) for name in ("train_size", "val_size", "test_size")},
         **{f"train.{name}": getattr(config, name)
            for name in ("epochs", "warmup_epochs", "batch_size", "lr", "precision")},
-        "evaluation.scenarios": ["complete", "missing"] if len(config.modalities) > 1 else ["complete"],
+        "evaluation.scenarios": EVALUATION_SCENARIOS.get(len(config.modalities), ["patterns"]),
         **{f"model.encoders.{m}": paths[m] for m in config.modalities},
     }
     return [f"{key}={json.dumps(value)}" for key, value in settings.items()]

@@ -10,12 +10,14 @@ aggregated to mean ± SD (sample standard deviation, n - 1) per scenario, as the
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .checks import load_json
@@ -29,7 +31,7 @@ from .precision import resolve_precision
 from .serialisation import load_model
 from .training import predict_logits, scenario_logits
 
-SCENARIO_KINDS = ("complete", "missing", "sweep", "grid")
+SCENARIO_KINDS = ("complete", "missing", "patterns", "sweep", "grid")
 GRID_RATES = (0.7,)
 """The MAP protocol's missing rate (eta = 70% in the paper's Tables 1 and 8)."""
 SEED_KEYS = ("out", "train.seed", *EXECUTION_KEYS)
@@ -63,7 +65,7 @@ def score(
 def summarize(view, logits: torch.Tensor, labels: torch.Tensor, metrics: Sequence[str], multilabel: bool) -> dict:
     return {
         "split": view.split,
-        "protocol": view.protocol.hash(),
+        "protocol": view.table.protocol_hash,
         "samples": len(view),
         "patterns": {name: entry["samples"] for name, entry in view.table.pattern_counts().items()},
         "metrics": compute_metrics(logits, labels, multilabel, metrics),
@@ -86,8 +88,10 @@ def parse_scenarios(
     """Scenarios from names: `complete`, `missing` (each modality entirely missing, paper Table 2),
     `sweep:<modality>` (100% of the others + x% of it, Fig. 2/3; `sweep` alone: every modality; a kind such as
     `sweep:image` sweeps the dataset's one image modality) and `grid` (the MAP test cells: each modality or both
-    missing at each rate, Tables 1/8). `modalities` maps the dataset's modalities to their kinds; `rates` are
-    missing rates for sweeps and the grid. Scenarios that two specs share are kept once."""
+    missing at each rate, Tables 1/8); `patterns`: every availability pattern, each on every sample (`complete`,
+    each modality missing, and with three or more modalities `<a>+<b> only` and `<a> only`, `PatternScenario`).
+    `modalities` maps the dataset's modalities to their kinds; `rates` are missing rates for sweeps and the grid.
+    Scenarios that two specs share are kept once."""
     names = list(modalities)
     chosen: dict[str, Scenario] = {}
     for spec in specs:
@@ -100,6 +104,8 @@ def parse_scenarios(
             found = [complete_scenario(names)]
         elif kind == "missing":
             found = modality_missing_scenarios(names)
+        elif kind == "patterns":
+            found = [complete_scenario(names), *modality_missing_scenarios(names), *pattern_scenarios(names)]
         elif kind == "sweep":
             swept = [bind_kind(argument, modalities, "sweep each by name (sweep:<name>)")] if argument else names
             unknown = [m for m in swept if m not in modalities]
@@ -112,6 +118,54 @@ def parse_scenarios(
         for item in found:
             chosen.setdefault(item.name, item)
     return list(chosen.values())
+
+
+@dataclass(frozen=True)
+class PatternScenario:
+    """Every test sample shows `available` only: two or more modalities missing at once, which a missing protocol
+    (one modality lost per selected sample) cannot express. A sample that has none of them keeps what it has."""
+
+    name: str
+    available: tuple[str, ...]
+    missing_type: str
+    rate: float = 1.0
+
+    def view(self, dataset, split: str) -> "PatternView":
+        return PatternView(dataset, self, split)
+
+
+def pattern_scenarios(modalities: Sequence[str]) -> list[PatternScenario]:
+    """The availability patterns with two or more of `modalities` missing, largest first: `a+b only`, `a only`."""
+    found = []
+    for size in range(len(modalities) - 2, 0, -1):
+        for available in itertools.combinations(modalities, size):
+            missing = "+".join(m for m in modalities if m not in available)
+            found.append(PatternScenario(f"{'+'.join(available)} only", available, missing))
+    return found
+
+
+class PatternView:
+    """A split under a `PatternScenario`: what `summarize` and `scenario_logits` read of a protocol view."""
+
+    def __init__(self, dataset, scenario: PatternScenario, split: str):
+        from .data.protocol import MissingTable
+
+        modalities = list(dataset.modalities)
+        real = dataset.real_availability().astype(bool)
+        keep = np.array([m in scenario.available for m in modalities])
+        lacking = ~(real & keep).any(1)  # has none of the pattern's modalities: keeps its own
+        dropped = real & ~keep & ~lacking[:, None]
+        digest = f"pattern:{'+'.join(scenario.available)}"
+        self.dataset, self.split = dataset, split
+        self.table = MissingTable(digest, split, tuple(dataset.ids), tuple(modalities), real, dropped,
+                                  kept_last=int(lacking.sum()))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset.class_names
 
 
 def evaluate_run(
@@ -169,7 +223,8 @@ def scenario_pass(
     model = load_model(run_dir / "model").to(inference_device(config.train.accelerator))
     precision = resolve_precision(precision, config.train.accelerator)
     views = {
-        item.name: test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
+        item.name: item.view(test, split) if isinstance(item, PatternScenario)
+        else test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
         for item in chosen
     }
     masks = {name: shown(view.table) for name, view in views.items()}
