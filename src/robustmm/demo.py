@@ -167,7 +167,8 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         jobs = max(1, min(config.workers, len(sweep.cells), available_cores()))
         log(f"training {len(sweep.cells)} models ({', '.join(config.methods)} x {len(config.seeds)} seeds) on "
             f"{config.train_size} complete samples, {jobs} at a time")
-        states = run_cells(sweep, "local", jobs, progress=progress, log=log, scratch=scratch)
+        states = run_cells(sweep, "local", jobs, progress=progress, log=log, scratch=scratch,
+                           describe=lambda cell: scores_line(sweep, cell))
         failed = [name for name, (state, _) in states.items() if state != DONE]
         if failed:
             raise RuntimeError(f"demo: {len(failed)} of {len(sweep.cells)} runs failed ({', '.join(failed)}); "
@@ -180,6 +181,17 @@ def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bo
         if scratch is not None:
             remove_folder(scratch)
     return result
+
+
+def scores_line(sweep, cell) -> str:
+    """A finished run as the demo shows it: method, seed, accuracy per scenario and its time."""
+    from .sweep.cell import EVALUATION, cell_seconds
+    from .sweep.executors import cell_log
+
+    rows = json.loads((cell.run_dir / EVALUATION).read_text())["scenarios"]
+    scores = ", ".join(f"{row['name']} {row['metrics']['accuracy']:.3f}" for row in rows)
+    seconds = cell_seconds(cell_log(sweep, cell))
+    return f"{cell.config.model.method} (seed {cell.config.train.seed}): {scores} [{seconds} s]"
 
 
 def demo_results(config: DemoConfig, sweep, seconds: float) -> dict:

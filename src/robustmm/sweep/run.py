@@ -19,9 +19,10 @@ def states_of(sweep: Sweep) -> dict[str, tuple[str, str]]:
 
 
 def run_cells(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bool = True, log=print,
-              scratch: Path | None = None) -> dict[str, tuple[str, str]]:
+              scratch: Path | None = None, describe=None) -> dict[str, tuple[str, str]]:
     """Write the manifest and run the cells not done yet, one progress bar over the cells; returns each cell's
-    state after. `scratch` (local executor): a folder that its workers remove if this process dies."""
+    state after. `scratch` (local executor): a folder that its workers remove if this process dies;
+    `describe(cell)`: the line to show for a finished cell instead of its name (e.g. its scores)."""
     from tqdm.auto import tqdm
 
     if executor not in RUNNERS:
@@ -43,6 +44,9 @@ def run_cells(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bo
 
     def finished(cell, state: str, error: str | None) -> None:
         bar.update(1)
+        if state == DONE and describe is not None:
+            write(describe(cell))
+            return
         write(f"{cell.name}: {state}" + (f": {error} (log: {cell_log(sweep, cell)})" if error else ""))
 
     try:
