@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float)
     demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
     demo.add_argument("--precision", help=PRECISION_HELP)
-    demo.add_argument("--out", help="write results.json, accuracy.png, the models (models/) and the report here")
+    demo.add_argument("--out", help="write results.json, accuracy.png, the runs (cells/: a rerun keeps the "
+                      "finished ones) and the report here")
     demo.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
     demo.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
