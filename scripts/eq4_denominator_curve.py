@@ -18,11 +18,53 @@ from pathlib import Path
 import torch
 
 
+def demo_data(config) -> dict:
+    """The demo's splits in memory (the `synthetic` dataset's samples): validation cycling through every
+    availability pattern, as the demo selects its model."""
+    from robustmm.data.datasets.synthetic import mixed_availability
+    from robustmm.demo import benchmark_of
+
+    benchmark = benchmark_of(config)
+    scenarios = benchmark.scenarios()
+    val = [{k: (None if k in config.modalities and k not in mixed_availability(i, scenarios) else v)
+            for k, v in sample.items()} for i, sample in enumerate(benchmark.sample(config.val_size, "val"))]
+    return {"train": benchmark.sample(config.train_size, "train"), "val": val,
+            "test": benchmark.sample(config.test_size, "test"), "scenarios": scenarios,
+            "class_names": list(benchmark.class_names)}
+
+
+def train_and_score(config, data, method: str, seed: int, callbacks) -> dict[str, float]:
+    """Train one model as a demo run does (no run directory) and its accuracy in every scenario."""
+    import tempfile
+
+    import torch
+
+    from robustmm.data.synthetic import demo_encoder_paths
+    from robustmm.demo import options_for
+    from robustmm.metrics import compute_metrics
+    from robustmm.registry import build_model
+    from robustmm.training import TrainConfig, scenario_logits, train
+
+    paths = demo_encoder_paths()
+    model = build_model(method, encoders={m: paths[m] for m in config.modalities},
+                        num_classes=len(data["class_names"]), class_names=data["class_names"], seed=seed,
+                        **options_for(config.options, method))
+    train_config = TrainConfig(epochs=config.epochs, warmup_epochs=config.warmup_epochs, batch_size=config.batch_size,
+                               lr=config.lr, seed=seed, precision=config.precision, group_by_length=True,
+                               progress_bar=False)
+    with tempfile.TemporaryDirectory(prefix="robustmm-eq4-") as checkpoints:
+        train(model, data["train"], data["val"], train_config, out_dir=checkpoints, callbacks=callbacks)
+    size = len(data["test"])
+    masks = {s["name"]: {m: torch.full((size,), m in s["available"]) for m in config.modalities}
+             for s in data["scenarios"]}
+    logits, labels = scenario_logits(model, data["test"], masks, batch_size=64, precision=config.precision)
+    return {name: compute_metrics(logits[name], labels, multilabel=False)["accuracy"] for name in masks}
+
+
 def run(denominator: str, data, config) -> dict:
     """Train CMPT with `denominator` as the demo does (seed 0), recording eq. 4's terms at every step."""
     import lightning as L
 
-    from robustmm.demo import train_and_score
     from robustmm.methods.cmpt import mse
 
     curve = {"D": [], "N2": [], "task": [], "weighted_align": [], "image_spread": []}
@@ -45,8 +87,7 @@ def run(denominator: str, data, config) -> dict:
                 curve[key].append(float(value.detach()))
 
     config.options = {"cmpt.align_denominator": denominator}
-    rows = train_and_score(config, data, "cmpt", 0, lambda steps: None, callbacks=[Recorder()])
-    return {"curve": curve, "accuracy": {row["scenario"]: row["accuracy"] for row in rows}}
+    return {"curve": curve, "accuracy": train_and_score(config, data, "cmpt", 0, [Recorder()])}
 
 
 def main() -> None:
@@ -56,13 +97,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from robustmm.console import quiet_libraries
-    from robustmm.demo import DemoConfig, make_data
+    from robustmm.demo import DemoConfig
     from robustmm.precision import resolve_precision
 
     quiet_libraries()
     config = DemoConfig(methods=["cmpt"], seeds=[0])
     config.precision = resolve_precision(config.precision)
-    data = make_data(config)
+    data = demo_data(config)
     results = {d: run(d, data, config) for d in args.denominators}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curves.json").write_text(json.dumps(results, indent=1))

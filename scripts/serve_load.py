@@ -1,5 +1,6 @@
 """Bounded load on a running `robustmm serve` from 127.0.0.1: a fixed number of requests at each number of
-concurrent clients; prints rows/s and the p50/p95/p99 latency per level, one JSON line each.
+concurrent clients; prints rows/s and the p50/p95/p99 latency per level, one JSON line each, with the CPU time
+this load generator spent per request (on a small machine it shares the cores with the server).
 
 The rows come from a `robustmm predict` input file (a CSV or JSONL whose media are paths beside it); they are
 sent as `{"rows": [...]}` with the media in base64, bodies prepared before the clock starts. Every answer must be
@@ -85,13 +86,15 @@ async def level(url: str, bodies: list[bytes], clients: int, requests: int, head
         latencies.clear()
         rows = failures = 0
         pending = iter(range(requests))
-        start, cpu = time.perf_counter(), cpu_seconds(server_pid)
+        start, cpu, own = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
         await asyncio.gather(*(client(http, pending) for _ in range(clients)))
         seconds, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu
+        own = time.process_time() - own
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
     return {"clients": clients, "requests": requests, "rows": rows, "failed": failures, "seconds": round(seconds, 3),
             "rows_per_second": round(rows / seconds, 1), "p50_ms": round(cuts[49] * 1000, 1),
             "p95_ms": round(cuts[94] * 1000, 1), "p99_ms": round(cuts[98] * 1000, 1),
+            "client_cpu_ms_per_request": round(own * 1000 / requests, 2),
             **({"server_cpu_ms_per_row": round(cpu * 1000 / rows, 2)} if server_pid and rows else {})}
 
 

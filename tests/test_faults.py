@@ -359,8 +359,8 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_the_demos_workers_end_with_the_demo(tmp_path, stop):
-    """`kill` (SIGTERM) or SIGKILL of `robustmm demo` while its two workers train: within seconds no worker is
-    left, nor any of their scratch folders."""
+    """`kill` (SIGTERM) or SIGKILL of `robustmm demo` (no --out) while its two workers (the sweep's) train:
+    within seconds no worker is left, nor the demo's temporary sweep folder."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     argv = [sys.executable, "-m", "robustmm.cli", "demo", "--quick", "--methods", "baseline,dropout", "--workers",
@@ -370,7 +370,7 @@ def test_the_demos_workers_end_with_the_demo(tmp_path, stop):
     try:
         deadline = time.monotonic() + 120
         workers: set[int] = set()
-        while len(list(scratch.glob("robustmm-demo-worker-*/robustmm-demo-*"))) < 2:  # both are training
+        while len(list(scratch.glob("robustmm-demo-*/cells/*/checkpoints"))) < 2:  # both are training
             assert demo.poll() is None, "the demo ended before its workers trained"
             assert time.monotonic() < deadline, "the workers did not start training within 120 s"
             workers |= child_pids(demo.pid)
@@ -379,13 +379,11 @@ def test_the_demos_workers_end_with_the_demo(tmp_path, stop):
         os.kill(demo.pid, stop)
         demo.wait(60)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (
-            any(alive(pid) for pid in workers) or list(scratch.glob("robustmm-demo-worker-*"))
-        ):
+        while time.monotonic() < deadline and (any(alive(pid) for pid in workers) or list(scratch.iterdir())):
             time.sleep(0.2)
         assert not [pid for pid in workers if alive(pid)], "workers outlived the demo"
-        left = [str(p.relative_to(scratch)) for p in scratch.glob("robustmm-demo-worker-*/**/*")]
-        assert not list(scratch.glob("robustmm-demo-worker-*")), f"a worker's scratch folder was left: {left}"
+        left = [str(p.relative_to(scratch)) for p in scratch.glob("**/*")]
+        assert not left, f"the demo's temporary folder was left: {left}"
         if stop == signal.SIGTERM:
             assert demo.returncode == 128 + signal.SIGTERM
     finally:

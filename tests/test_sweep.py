@@ -97,6 +97,12 @@ def test_every_combination_is_a_cell_and_dry_run_lists_them_without_training(wri
     assert cell_names({"a.seed": [1], "b.seed": [2], "c.lr": [0.1]})[0][0] == "a.seed=1,b.seed=2,lr=0.1"
 
 
+def test_set_on_a_grid_key_replaces_its_values(write_sweep, tmp_path):
+    path = write_sweep(tmp_path / "grid.yaml", {"model.method": ["baseline", "cmpt"], "train.seed": [0, 1]})
+    sweep = load_sweep(str(path), ["train.seed=[5]", "model.method=cmpt", "train.lr=0.1"])
+    assert [(c.name, c.config.train.seed, c.config.train.lr) for c in sweep.cells] == [("method=cmpt,seed=5", 5, 0.1)]
+
+
 def test_all_lists_every_method(write_sweep, tmp_path):
     sweep = load_sweep(str(write_sweep(tmp_path / "all.yaml", {"model.method": "all"})))
     assert [c.config.model.method for c in sweep.cells] == METHODS.names()
@@ -178,6 +184,33 @@ def test_the_tables_hold_mean_and_sd_over_seeds_of_the_cells_with_best_and_secon
         == scores
     assert (folder / "report" / "report.html").is_file()
     assert json.loads((folder / "report" / "tables" / "scenarios.json").read_text())
+
+
+def test_a_cell_scores_its_test_split_in_one_pass_and_keeps_its_predictions(finished):
+    """metrics.json's `test` comes from the evaluation's pass and equals what `robustmm train` scores itself;
+    predictions.npz holds each scenario's per-sample logits, in the split's order, that give evaluation.json's
+    figures."""
+    from robustmm.config import read_run_config
+    from robustmm.evaluation import open_split, read_predictions, score
+    from robustmm.metrics import compute_metrics
+    from robustmm.serialisation import load_model
+
+    _, folder = finished
+    for run_dir in sorted((folder / "cells").iterdir()):
+        config = read_run_config(run_dir / "config.yaml")
+        test = open_split(config.dataset, "test")
+        view = test.with_protocol(config.protocol, cache_dir=run_dir / "missing_tables")
+        alone = score(load_model(run_dir / "model"), view, config.train.metrics, precision=config.train.precision)
+        test_entry = json.loads((run_dir / "metrics.json").read_text())["test"]
+        assert test_entry["metrics"] == pytest.approx(alone["metrics"], abs=1e-6)
+        assert (test_entry["protocol"], test_entry["samples"], test_entry["patterns"]) == (
+            alone["protocol"], alone["samples"], alone["patterns"])
+        logits, labels, ids = read_predictions(run_dir)
+        assert ids == list(test.ids)
+        evaluated = json.loads((run_dir / "evaluation.json").read_text())["scenarios"]
+        assert list(logits) == [row["name"] for row in evaluated]
+        for row in evaluated:
+            assert compute_metrics(logits[row["name"]], labels, False, ["accuracy"]) == row["metrics"]
 
 
 def test_a_rerun_skips_finished_cells_and_status_shows_them_done(finished, capsys):
@@ -355,24 +388,20 @@ def test_without_slurm_the_slurm_executor_says_so(write_sweep, tmp_path, monkeyp
         ["sweep", str(path), "--executor", "slurm"], capsys)
 
 
-def test_a_cell_of_the_shipped_demo_sweep_scores_what_the_demo_scores(tmp_path):
-    """The same data, settings, validation patterns and model selection: the same accuracies, to the last bit."""
+def test_the_demos_runs_are_the_cells_of_the_shipped_demo_sweep(tmp_path):
+    """`robustmm demo`'s settings and the shipped sweep file agree: every default run of the demo is the sweep's
+    cell of the same name with the same resolved config (the demo's quick test checks that its results are the
+    cells' evaluation.json)."""
+    from robustmm.config import config_differences
     from robustmm.data.synthetic import demo_encoder_paths
-    from robustmm.demo import DemoConfig, make_data, train_and_score
-    from robustmm.precision import resolve_precision
-    from robustmm.sweep.cell import train_and_evaluate
+    from robustmm.demo import DemoConfig, demo_sweep
 
-    sizes = dict(train_size=48, val_size=30, test_size=40)
     paths = demo_encoder_paths()
-    overrides = [f"model.encoders.{m}={paths[m]}" for m in ("image", "text")] + ["train.epochs=1"]
-    overrides += [f"dataset.options.{key}={value}" for key, value in sizes.items()] + [f"dataset.root={tmp_path}"]
-    sweep = load_sweep("demo", overrides, str(tmp_path / "sweep"))
+    overrides = [f"model.encoders.{m}={paths[m]}" for m in ("image", "text")]
+    sweep = load_sweep("demo", overrides, str(tmp_path))
+    demo = demo_sweep(DemoConfig(), tmp_path)
+    assert [cell.name for cell in demo.cells] == [cell.name for cell in sweep.cells]
     assert [cell.name for cell in sweep.cells][:4] == ["seed=0,method=baseline", "seed=0,method=dropout",
                                                        "seed=0,method=cmpt", "seed=1,method=baseline"]
-    cell = next(cell for cell in sweep.cells if cell.name == "seed=1,method=cmpt")
-    scored = json.loads((train_and_evaluate(cell.config, log=lambda *_: None) / "evaluation.json").read_text())
-    config = DemoConfig(seeds=[1], methods=["cmpt"], epochs=1, precision=resolve_precision("auto"), **sizes)
-    demo = train_and_score(config, make_data(config), "cmpt", 1, lambda steps: None)
-    assert {row["name"]: row["metrics"]["accuracy"] for row in scored["scenarios"]} == {
-        row["scenario"]: row["accuracy"] for row in demo
-    }
+    for ours, theirs in zip(demo.cells, sweep.cells):
+        assert config_differences(ours.config, theirs.config, ()) == []

@@ -184,13 +184,17 @@ SMALL = dict(train_size=6, val_size=14, test_size=5)
 
 def test_the_synthetic_dataset_reads_exactly_the_samples_the_demo_renders(tmp_path):
     from robustmm.data import get_dataset
-    from robustmm.demo import DemoConfig, make_data
+    from robustmm.data.datasets.synthetic import mixed_availability
 
-    demo = make_data(DemoConfig(modalities=list(MODALITIES), **SMALL))
+    benchmark = SyntheticBenchmark(SyntheticConfig(), modalities=MODALITIES)
+    scenarios = benchmark.scenarios()
+    rendered = {split: benchmark.sample(SMALL[f"{split}_size"], split) for split in ("train", "val", "test")}
+    rendered["val"] = [{k: None if k in MODALITIES and k not in mixed_availability(i, scenarios) else v
+                        for k, v in sample.items()} for i, sample in enumerate(rendered["val"])]
     for split in ("train", "val", "test"):
         dataset = get_dataset("synthetic", tmp_path, split, modalities="image,text,audio", **SMALL)
-        assert dataset.class_names == tuple(demo.class_names)
-        for ours, theirs in zip([dataset[i] for i in range(len(dataset))], getattr(demo, split), strict=True):
+        assert dataset.class_names == tuple(benchmark.class_names)
+        for ours, theirs in zip([dataset[i] for i in range(len(dataset))], rendered[split], strict=True):
             assert (ours["id"], ours["label"], ours["text"]) == (theirs["id"], theirs["label"], theirs["text"])
             for modality in ("image", "audio"):  # PNG and float32 .npy: lossless; None where validation lacks it
                 if theirs[modality] is None:

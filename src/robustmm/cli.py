@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lr", type=float)
     demo.add_argument("--workers", type=int, help="runs trained side by side, one process each (default 2)")
     demo.add_argument("--precision", help=PRECISION_HELP)
-    demo.add_argument("--out", help="write results.json, accuracy.png, the models (models/) and the report here")
+    demo.add_argument("--out", help="write results.json, accuracy.png, the runs (cells/: a rerun keeps the "
+                      "finished ones) and the report here")
     demo.add_argument("--overwrite", action="store_true", help="write into --out even if it holds other files")
     demo.add_argument(
         "--option", action="append", metavar="KEY=VALUE",
@@ -380,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (seeds of one config)")
     evaluate.add_argument(
         "--scenarios",
-        help="comma-separated: complete, missing, sweep:<modality> (or sweep), grid; default: the config's evaluation",
+        help="comma-separated: complete, missing, patterns, sweep:<modality> (or sweep), grid; default: the config's "
+        "evaluation",
     )
     evaluate.add_argument("--rates", type=_rates, help="missing rates for sweeps and the grid, e.g. 0,0.3,0.7,1")
     evaluate.add_argument("--root", help="read the data from here instead of the root the run was trained on")

@@ -7,33 +7,32 @@ could do, and a result above that limit beyond sampling error is flagged as a bu
 
 Model selection uses a validation set in which the availability patterns are mixed evenly (the demo's model is
 meant to answer with whatever a request carries), never the test set.
+
+The runs are the cells of the shipped `demo` sweep (`robustmm sweep demo`), the demo's settings given as its
+overrides, trained side by side by the sweep's local executor: each is an ordinary run directory under
+OUT/cells/, and the comparison with the Bayes classifier reads each cell's per-sample test predictions.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
+import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from .atomic import atomic_write, atomic_write_text, check_output_folder
 from .checks import check_field_types, load_json
-from .children import children_end_with_us, end_with_parent, remove_folder
-from .cores import available_cores, job_threads
+from .children import remove_folder
+from .cores import available_cores
 from .data.protocol import SWEEP_RATES
 from .data.synthetic import SyntheticBenchmark, SyntheticConfig, demo_encoder_paths
 from .metrics import mean_sd
 from .precision import resolve_precision
-from .registry import METHODS, build_model, get_method, outside_modules
+from .registry import METHODS, get_method
 
 
 @dataclass
@@ -53,8 +52,9 @@ class DemoConfig:
     """Lightning precision for training and evaluation. `auto`: bf16-mixed where the CPU (or GPU) computes bf16
     natively, about 1.4x faster than fp32 there; 32-true elsewhere, where bf16 is emulated and ~7x slower."""
     workers: int = 2
-    """Runs trained side by side in separate processes, the CPU cores split between them: small encoders use
-    one core better than two, so two one-core runs finish sooner than two two-core runs one after the other."""
+    """Runs trained side by side in separate processes (the sweep's `--jobs`), the CPU cores split between them:
+    small encoders use one core better than two, so two one-core runs finish sooner than two two-core runs one
+    after the other."""
     data_seed: int = 0
     options: dict = field(default_factory=dict)
     """Method options: `key` goes to every method that has it (e.g. fusion_norm, rank, mwam: what is compared
@@ -77,49 +77,9 @@ class DemoConfig:
         settings = dict(seeds=[0], train_size=400, val_size=90, test_size=300, epochs=2)
         return cls(**{**settings, **overrides})
 
-    @property
-    def steps_per_run(self) -> int:
-        return self.epochs * math.ceil(self.train_size / self.batch_size)
-
-
-@dataclass
-class DemoData:
-    """What every run reads: the splits, the scenarios and the encoders."""
-
-    train: list[dict]
-    val: list[dict]
-    test: list[dict]
-    scenarios: list[dict]
-    class_names: list[str]
-    encoders: dict[str, str]
-
-
-def with_only(sample: dict, available, modalities) -> dict:
-    """The sample with every modality outside `available` removed."""
-    return {k: (None if k in modalities and k not in available else v) for k, v in sample.items()}
-
 
 def benchmark_of(config: DemoConfig) -> SyntheticBenchmark:
     return SyntheticBenchmark(SyntheticConfig(seed=config.data_seed), modalities=tuple(config.modalities))
-
-
-def make_data(config: DemoConfig) -> DemoData:
-    """The splits, rendered (deterministically from `data_seed`, so every worker process renders the same)."""
-    benchmark = benchmark_of(config)
-    scenarios = benchmark.scenarios()
-    val = [
-        with_only(s, scenarios[i % len(scenarios)]["available"], config.modalities)
-        for i, s in enumerate(benchmark.sample(config.val_size, "val"))
-    ]
-    paths = demo_encoder_paths()
-    return DemoData(
-        train=benchmark.sample(config.train_size, "train"),
-        val=val,
-        test=benchmark.sample(config.test_size, "test"),
-        scenarios=scenarios,
-        class_names=list(benchmark.class_names),
-        encoders={m: paths[m] for m in config.modalities},
-    )
 
 
 def applies(key: str, method: str) -> bool:
@@ -134,12 +94,7 @@ def options_for(options: dict, method: str) -> dict:
     return {key.rpartition(".")[2]: value for key, value in options.items() if applies(key, method)}
 
 
-def model_options(config: DemoConfig, data: DemoData, method: str) -> dict:
-    options = options_for(config.options, method)
-    return dict(encoders=data.encoders, num_classes=len(data.class_names), class_names=data.class_names, **options)
-
-
-def check_methods(config: DemoConfig, data: DemoData) -> None:
+def check_methods(config: DemoConfig) -> None:
     """A bad method or option fails at once, not in a run minutes later; an option that no method of the run
     takes is an error, not a silent no-op."""
     for key in config.options:
@@ -147,164 +102,159 @@ def check_methods(config: DemoConfig, data: DemoData) -> None:
             owner = key.rpartition(".")[0]
             names = owner if owner else ", ".join(config.methods)
             raise ValueError(f"option {key!r} applies to none of the methods run ({names}); see `robustmm methods`")
+    benchmark, paths = benchmark_of(config), demo_encoder_paths()
     for method in config.methods:
-        get_method(method).config_from_kwargs(**model_options(config, data, method))
+        get_method(method).config_from_kwargs(
+            encoders={m: paths[m] for m in config.modalities}, num_classes=len(benchmark.class_names),
+            class_names=list(benchmark.class_names), **options_for(config.options, method),
+        )
 
 
-def train_and_score(
-    config: DemoConfig, data: DemoData, method: str, seed: int, advance, callbacks=(), save_to: Path | None = None
-) -> list[dict]:
-    """Train one method with one seed on complete data, select it on validation, score every scenario.
-    `callbacks` (Lightning's) watch the training, e.g. to record what the demo does not report; `save_to` keeps
-    the model (`save_pretrained`) for the report."""
-    import torch
-
-    from .metrics import compute_metrics, per_class_scores
-    from .training import StepReporter, TrainConfig, scenario_logits, train
-
-    start = time.perf_counter()
-    model = build_model(method, **model_options(config, data, method), seed=seed)
-    train_config = TrainConfig(
-        epochs=config.epochs, warmup_epochs=config.warmup_epochs, batch_size=config.batch_size, lr=config.lr,
-        seed=seed, precision=config.precision, group_by_length=True, progress_bar=False,
-    )
-    with tempfile.TemporaryDirectory(prefix="robustmm-demo-") as checkpoints:
-        watchers = [StepReporter(advance), *callbacks]
-        train(model, data.train, data.val, train_config, out_dir=checkpoints, callbacks=watchers)
-    train_seconds = round(time.perf_counter() - start, 1)
-    trainable = model.trainable_parameter_counts()["total_trainable"]
-    if save_to is not None:
-        model.save_pretrained(save_to / f"{method}-seed{seed}")
-    size = len(data.test)
-    scenarios = {s["name"]: {m: torch.full((size,), m in s["available"]) for m in data.encoders} for s in data.scenarios}
-    logits, labels = scenario_logits(model, data.test, scenarios, batch_size=64, precision=config.precision)
-    seconds = round(time.perf_counter() - start, 1)
-    return [
-        {"method": method, "seed": seed, "scenario": name, "seconds": seconds, "train_seconds": train_seconds,
-         "trainable_parameters": trainable,
-         "accuracy": compute_metrics(logits[name], labels, multilabel=False)["accuracy"],
-         "per_class": dict(zip(data.class_names, per_class_scores(logits[name], labels, multilabel=False))),
-         "correct": (logits[name].argmax(-1) == labels).tolist(), "logits": logits[name]}
-        for name in scenarios
-    ]
+EVALUATION_SCENARIOS = {1: ["complete"], 2: ["complete", "missing"]}
+"""The cells' evaluation by the number of modalities: every availability pattern (`patterns` from three on)."""
 
 
-_WORKER: dict = {}
+def demo_overrides(config: DemoConfig) -> list[str]:
+    """The demo's settings as `--set` assignments of the shipped `demo` sweep, its grid's seeds and methods
+    included."""
+    paths = demo_encoder_paths()
+    settings = {
+        "train.seed": config.seeds, "model.method": config.methods,
+        "dataset.options.modalities": config.modalities, "dataset.options.seed": config.data_seed,
+        **{f"dataset.options.{name}": getattr(config, name) for name in ("train_size", "val_size", "test_size")},
+        **{f"train.{name}": getattr(config, name)
+           for name in ("epochs", "warmup_epochs", "batch_size", "lr", "precision")},
+        "evaluation.scenarios": EVALUATION_SCENARIOS.get(len(config.modalities), ["patterns"]),
+        **{f"model.encoders.{m}": paths[m] for m in config.modalities},
+    }
+    return [f"{key}={json.dumps(value)}" for key, value in settings.items()]
 
 
-def _start_worker(config: DemoConfig, steps, save_to: Path | None, parent_pid: int, modules: list[str]) -> None:
-    """Each worker process imports the libraries and renders the data itself, side by side with the others,
-    instead of waiting for the main process to do both and send the data over. Its temporary files go into a
-    scratch folder of its own, removed when it is stopped or its parent dies (`end_with_parent`). A spawned
-    process starts with the package's own methods only: it imports the modules of the parent's outside ones
-    (`outside_modules`)."""
-    from multiprocessing.util import Finalize
+def demo_sweep(config: DemoConfig, folder: Path):
+    """The shipped `demo` sweep with the demo's settings, its cells in `folder`/cells; every method gets the
+    options that apply to it (`options_for`), and every cell is checked before anything trains."""
+    from .runs import check_run_dir
+    from .sweep.spec import check_cells, load_sweep
 
-    from .console import quiet_libraries
-    from .registry import import_modules
-
-    scratch = tempfile.mkdtemp(prefix="robustmm-demo-worker-")
-    tempfile.tempdir = scratch
-    # At a normal exit, after multiprocessing has removed its own temporary folder (priority -100) from inside it
-    Finalize(None, remove_folder, (scratch,), exitpriority=-101)
-    end_with_parent(parent_pid, cleanup=lambda: remove_folder(scratch))  # idempotent: either may run first
-    import_modules(modules)
-    quiet_libraries()
-    _WORKER.update(config=config, data=make_data(config), steps=steps, save_to=save_to)
-
-
-def _check_in_worker() -> None:
-    check_methods(_WORKER["config"], _WORKER["data"])
-
-
-def _run_in_worker(method: str, seed: int, threads: int) -> list[dict]:
-    import torch
-
-    torch.set_num_threads(threads)
-    return train_and_score(
-        _WORKER["config"], _WORKER["data"], method, seed, _WORKER["steps"].put, save_to=_WORKER["save_to"]
-    )
+    sweep = load_sweep("demo", demo_overrides(config), str(folder), check=False)
+    for index, cell in enumerate(sweep.cells):
+        model = replace(cell.config.model, options=options_for(config.options, cell.config.model.method))
+        sweep.cells[index] = replace(cell, config=replace(cell.config, model=model))
+    check_cells(sweep)
+    for cell in sweep.cells:  # a folder of a demo with other settings is refused here, not cell by cell later
+        check_run_dir(cell.run_dir, cell.config)
+    return sweep
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path | None = None, progress: bool = True, log=print) -> dict:
+    """Train and evaluate every (method, seed) as a cell of the shipped `demo` sweep (its local executor,
+    `workers` jobs) in `out_dir` (a temporary folder without it), then score the cells against the Bayes limits
+    from their per-sample predictions and write results.json, the plots and the report. A rerun on the same
+    `out_dir` with the same settings skips the finished cells and resumes interrupted ones."""
+    from .sweep.cell import DONE
+    from .sweep.run import run_cells
+
+    from .console import quiet_libraries
+
     start = time.perf_counter()
+    quiet_libraries()
     config = replace(config, precision=resolve_precision(config.precision))
-    jobs = [(method, seed) for seed in config.seeds for method in config.methods]
-    workers = max(1, min(config.workers, len(jobs), available_cores()))
-    threads = job_threads(len(jobs), workers, available_cores())
-    bar = tqdm(total=len(jobs) * config.steps_per_run, desc="training steps", unit="step", disable=not progress)
-    models = None if out_dir is None else Path(out_dir) / "models"
-    write = bar.write if progress else log
-    runs = []
-
-    def finished(rows: list[dict]) -> None:
-        runs.extend(rows)
-        scores = ", ".join(f"{r['scenario']} {r['accuracy']:.3f}" for r in rows)
-        write(f"{rows[0]['method']} (seed {rows[0]['seed']}): {scores} [{rows[0]['seconds']} s]")
-
-    write(f"training {len(jobs)} models ({', '.join(config.methods)} x {len(config.seeds)} seeds) on "
-          f"{config.train_size} complete samples, {workers} at a time")
-    if workers == 1:
-        from .console import quiet_libraries
-
-        quiet_libraries()
-        data = make_data(config)
-        check_methods(config, data)
-        with children_end_with_us():  # SIGTERM ends the run like CTRL-C, which removes its scratch folder
-            for method, seed in jobs:
-                finished(train_and_score(config, data, method, seed, bar.update, save_to=models))
-    else:
-        context = get_context("spawn")
-        steps = context.Queue()
-        listener = threading.Thread(target=_drain, args=(steps, bar), daemon=True)
-        listener.start()
-        start_args = (config, steps, models, os.getpid(), outside_modules())
-        with ProcessPoolExecutor(workers, context, _start_worker, start_args) as pool, children_end_with_us():
-            pool.submit(_check_in_worker).result()
-            runs_started = [pool.submit(_run_in_worker, *job, n) for job, n in zip(jobs, threads)]
-            for future in as_completed(runs_started):
-                finished(future.result())
-        steps.put(None)
-        listener.join()
-    bar.close()
-    scenarios = benchmark_of(config).scenarios()
-    bayes_correct = bayes_correct_on_test(config, scenarios)
-    for scenario in scenarios:
-        scenario["bayes_accuracy_test"] = float(bayes_correct[scenario["name"]].mean())
-    correct = {(r["method"], r["seed"], r["scenario"]): np.array(r.pop("correct"), dtype=bool) for r in runs}
-    test_logits = {(r["method"], r["seed"], r["scenario"]): r.pop("logits") for r in runs}
-    for run in runs:
-        run["p_above_bayes"] = mcnemar_above(correct[run["method"], run["seed"], run["scenario"]],
-                                             bayes_correct[run["scenario"]])
-    order = {job: index for index, job in enumerate(jobs)}
-    runs.sort(key=lambda r: order[r["method"], r["seed"]])
-    result = {
-        "scenarios": scenarios,
-        "runs": runs,
-        "sweeps": missing_rate_sweeps(config, correct),
-        "wall_seconds": round(time.perf_counter() - start, 1),
-        "config": asdict(config),
-        "above_bayes": [run for run in runs if run["p_above_bayes"] < ABOVE_BAYES_P],
-    }
-    if out_dir is not None:
-        write_outputs(result, Path(out_dir))
-        import torch
-
-        from .report import build_report, from_demo
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the small encoders run as fast on one core, and do not stall on a busy machine
-        try:
-            build_report(from_demo(result, models, test_logits), Path(out_dir) / "report", log=write)
-        finally:
-            torch.set_num_threads(threads)
+    check_methods(config)
+    scratch = None if out_dir is not None else Path(tempfile.mkdtemp(prefix="robustmm-demo-"))
+    try:
+        folder = Path(out_dir) if out_dir is not None else scratch
+        sweep = demo_sweep(config, folder)
+        jobs = max(1, min(config.workers, len(sweep.cells), available_cores()))
+        log(f"training {len(sweep.cells)} models ({', '.join(config.methods)} x {len(config.seeds)} seeds) on "
+            f"{config.train_size} complete samples, {jobs} at a time")
+        states = run_cells(sweep, "local", jobs, progress=progress, log=log, scratch=scratch,
+                           describe=lambda cell: scores_line(sweep, cell))
+        failed = [name for name, (state, _) in states.items() if state != DONE]
+        if failed:
+            raise RuntimeError(f"demo: {len(failed)} of {len(sweep.cells)} runs failed ({', '.join(failed)}); "
+                               f"their logs are in {folder / 'logs'}")
+        result = demo_results(config, sweep, time.perf_counter() - start)
+        if out_dir is not None:
+            write_outputs(result, folder)
+            write_demo_report(result, sweep, folder / "report", log)
+    finally:
+        if scratch is not None:
+            remove_folder(scratch)
     return result
 
 
-def _drain(steps, bar) -> None:
-    """Move the workers' step reports onto the progress bar until the closing None."""
-    while (step := steps.get()) is not None:
-        bar.update(step)
+def scores_line(sweep, cell) -> str:
+    """A finished run as the demo shows it: method, seed, accuracy per scenario and its time."""
+    from .sweep.cell import EVALUATION, cell_seconds
+    from .sweep.executors import cell_log
+
+    rows = json.loads((cell.run_dir / EVALUATION).read_text())["scenarios"]
+    scores = ", ".join(f"{row['name']} {row['metrics']['accuracy']:.3f}" for row in rows)
+    seconds = cell_seconds(cell_log(sweep, cell))
+    return f"{cell.config.model.method} (seed {cell.config.train.seed}): {scores} [{seconds} s]"
+
+
+def demo_results(config: DemoConfig, sweep, seconds: float) -> dict:
+    """results.json's content from the cells' run directories: each (method, seed, scenario) with its accuracy,
+    per-class recall and McNemar p-value against the Bayes classifier on the same test samples (from the cell's
+    predictions.npz), and the missing-rate curves."""
+    from .evaluation import read_predictions
+    from .report.loading import training_seconds
+    from .serialisation import load_model
+    from .sweep.cell import EVALUATION, cell_seconds
+    from .sweep.executors import cell_log
+
+    scenarios = benchmark_of(config).scenarios()
+    bayes_correct, bayes_labels = bayes_correct_on_test(config, scenarios)
+    for scenario in scenarios:
+        scenario["bayes_accuracy_test"] = float(bayes_correct[scenario["name"]].mean())
+    runs, correct, trainable = [], {}, {}
+    for cell in sweep.cells:
+        method, seed, run_dir = cell.config.model.method, cell.config.train.seed, cell.run_dir
+        evaluated = {row["name"]: row for row in json.loads((run_dir / EVALUATION).read_text())["scenarios"]}
+        logits, labels, _ = read_predictions(run_dir)
+        if not np.array_equal(labels.numpy(), bayes_labels):
+            raise ValueError(f"{run_dir}: its test labels are not those of the demo's test set (data seed "
+                             f"{config.data_seed}, {config.test_size} samples)")
+        if method not in trainable:
+            trainable[method] = load_model(run_dir / "model").trainable_parameter_counts()["total_trainable"]
+        train_seconds = training_seconds(run_dir)
+        for scenario in scenarios:
+            name = scenario["name"]
+            correct[method, seed, name] = (logits[name].argmax(-1) == labels).numpy()
+            runs.append({
+                "method": method, "seed": seed, "scenario": name, "seconds": cell_seconds(cell_log(sweep, cell)),
+                "train_seconds": None if train_seconds is None else round(train_seconds, 1),
+                "trainable_parameters": trainable[method],
+                "accuracy": evaluated[name]["metrics"]["accuracy"],
+                "per_class": evaluated[name]["per_class"],
+                "p_above_bayes": mcnemar_above(correct[method, seed, name], bayes_correct[name]),
+                "run_dir": str(run_dir),
+            })
+    return {
+        "scenarios": scenarios,
+        "runs": runs,
+        "sweeps": missing_rate_sweeps(config, correct),
+        "wall_seconds": round(seconds, 1),
+        "config": asdict(config),
+        "above_bayes": [run for run in runs if run["p_above_bayes"] < ABOVE_BAYES_P],
+    }
+
+
+def write_demo_report(result: dict, sweep, folder: Path, log) -> None:
+    """The report of the cells (`robustmm report`'s page) with the Bayes limits, from their saved models and
+    predictions."""
+    import torch
+
+    from .report import build_report, from_demo
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the small encoders run as fast on one core, and do not stall on a busy machine
+    try:
+        run_dirs = {(c.config.model.method, c.config.train.seed): c.run_dir for c in sweep.cells}
+        build_report(from_demo(result, run_dirs), folder, log=log)
+    finally:
+        torch.set_num_threads(threads)
 
 
 ABOVE_BAYES_P = 0.001
@@ -312,16 +262,16 @@ ABOVE_BAYES_P = 0.001
 classifier on average, so beating it on the same samples beyond chance means information leaks into the model."""
 
 
-def bayes_correct_on_test(config: DemoConfig, scenarios: list[dict]) -> dict[str, np.ndarray]:
+def bayes_correct_on_test(config: DemoConfig, scenarios: list[dict]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per scenario, which test samples the generator's own Bayes classifier gets right (from the latent messages
-    of each sample: nothing is rendered). Its accuracy on these samples differs from the population limit by
+    of each sample: nothing is rendered), and the test labels. Its accuracy on these samples differs from the population limit by
     sampling error, so a model is judged against it sample by sample (`mcnemar_above`)."""
     benchmark = benchmark_of(config)
     latents = [benchmark.latent("test", index) for index in range(config.test_size)]
     labels = np.array([latent.label for latent in latents])
     return {
         s["name"]: benchmark.bayes_posterior(latents, tuple(s["available"])).argmax(1) == labels for s in scenarios
-    }
+    }, labels
 
 
 def mcnemar_above(model_correct: np.ndarray, bayes_correct: np.ndarray) -> float:
@@ -425,12 +375,19 @@ def write_outputs(result: dict, out_dir: Path) -> None:
 
 
 def earlier_demo(folder: Path) -> bool:
-    """Whether `folder` holds what `write_outputs` writes (a results.json with scenarios and runs)."""
+    """Whether `folder` holds what a demo writes: a results.json with scenarios and runs, or, before its
+    results (a demo interrupted), the manifest of the shipped demo sweep, whose finished cells a rerun keeps."""
     try:
         result = load_json((folder / "results.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        result = None
+    if isinstance(result, dict) and {"scenarios", "runs"} <= set(result):
+        return True
+    try:
+        manifest = load_json((folder / "sweep.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    return isinstance(result, dict) and {"scenarios", "runs"} <= set(result)
+    return isinstance(manifest, dict) and manifest.get("source") == "shipped sweep demo"
 
 
 def plot_sweeps(result: dict, path: Path) -> None:
@@ -485,11 +442,17 @@ def main(args) -> None:
               f"{len(config.methods) / len(DemoConfig().methods):.1f}x the default demo's runs, and map and rep "
               "cost more per run (prompts in every layer they reach; one evaluation pass per scenario): expect "
               "about three times the default demo's time (BENCHMARKS.md)")
-    result = run_demo(config, args.out, progress=not args.no_progress)
+    try:
+        result = run_demo(config, args.out, progress=not args.no_progress)
+    except (KeyboardInterrupt, SystemExit) as interruption:
+        if args.out and not (isinstance(interruption, SystemExit) and interruption.code in (0, None)):
+            print(f"robustmm demo: interrupted; the same command resumes it, keeping its finished runs "
+                  f"(robustmm sweep status {args.out})", file=sys.stderr)
+        raise
     print(format_table(result))
     if result["above_bayes"]:
         print(f"WARNING: {len(result['above_bayes'])} run(s) beat the Bayes classifier on the same samples "
               f"(McNemar p < {ABOVE_BAYES_P}): {result['above_bayes']}")
     if args.out:
-        print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'accuracy.png'} and the report "
-              f"{Path(args.out) / 'report' / 'report.html'}")
+        print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'accuracy.png'}, the runs "
+              f"{Path(args.out) / 'cells'} and the report {Path(args.out) / 'report' / 'report.html'}")

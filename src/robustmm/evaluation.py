@@ -10,12 +10,14 @@ aggregated to mean ± SD (sample standard deviation, n - 1) per scenario, as the
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from .checks import load_json
@@ -23,13 +25,13 @@ from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, con
 from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
 from .data.registry import get_dataset
 from .metrics import compute_metrics, default_metrics, mean_sd, per_class_scores
-from .atomic import atomic_write_text
+from .atomic import atomic_write, atomic_write_text
 from .model import MultimodalModel
 from .precision import resolve_precision
 from .serialisation import load_model
 from .training import predict_logits, scenario_logits
 
-SCENARIO_KINDS = ("complete", "missing", "sweep", "grid")
+SCENARIO_KINDS = ("complete", "missing", "patterns", "sweep", "grid")
 GRID_RATES = (0.7,)
 """The MAP protocol's missing rate (eta = 70% in the paper's Tables 1 and 8)."""
 SEED_KEYS = ("out", "train.seed", *EXECUTION_KEYS)
@@ -63,7 +65,7 @@ def score(
 def summarize(view, logits: torch.Tensor, labels: torch.Tensor, metrics: Sequence[str], multilabel: bool) -> dict:
     return {
         "split": view.split,
-        "protocol": view.protocol.hash(),
+        "protocol": view.table.protocol_hash,
         "samples": len(view),
         "patterns": {name: entry["samples"] for name, entry in view.table.pattern_counts().items()},
         "metrics": compute_metrics(logits, labels, multilabel, metrics),
@@ -86,8 +88,10 @@ def parse_scenarios(
     """Scenarios from names: `complete`, `missing` (each modality entirely missing, paper Table 2),
     `sweep:<modality>` (100% of the others + x% of it, Fig. 2/3; `sweep` alone: every modality; a kind such as
     `sweep:image` sweeps the dataset's one image modality) and `grid` (the MAP test cells: each modality or both
-    missing at each rate, Tables 1/8). `modalities` maps the dataset's modalities to their kinds; `rates` are
-    missing rates for sweeps and the grid. Scenarios that two specs share are kept once."""
+    missing at each rate, Tables 1/8); `patterns`: every availability pattern, each on every sample (`complete`,
+    each modality missing, and with three or more modalities `<a>+<b> only` and `<a> only`, `PatternScenario`).
+    `modalities` maps the dataset's modalities to their kinds; `rates` are missing rates for sweeps and the grid.
+    Scenarios that two specs share are kept once."""
     names = list(modalities)
     chosen: dict[str, Scenario] = {}
     for spec in specs:
@@ -100,6 +104,8 @@ def parse_scenarios(
             found = [complete_scenario(names)]
         elif kind == "missing":
             found = modality_missing_scenarios(names)
+        elif kind == "patterns":
+            found = [complete_scenario(names), *modality_missing_scenarios(names), *pattern_scenarios(names)]
         elif kind == "sweep":
             swept = [bind_kind(argument, modalities, "sweep each by name (sweep:<name>)")] if argument else names
             unknown = [m for m in swept if m not in modalities]
@@ -112,6 +118,54 @@ def parse_scenarios(
         for item in found:
             chosen.setdefault(item.name, item)
     return list(chosen.values())
+
+
+@dataclass(frozen=True)
+class PatternScenario:
+    """Every test sample shows the modalities of `pattern` only: two or more modalities missing at once, which a missing protocol
+    (one modality lost per selected sample) cannot express. A sample that has none of them keeps what it has."""
+
+    name: str
+    pattern: tuple[str, ...]
+    missing_type: str
+    rate: float = 1.0
+
+    def view(self, dataset, split: str) -> "PatternView":
+        return PatternView(dataset, self, split)
+
+
+def pattern_scenarios(modalities: Sequence[str]) -> list[PatternScenario]:
+    """The availability patterns with two or more of `modalities` missing, largest first: `a+b only`, `a only`."""
+    found = []
+    for size in range(len(modalities) - 2, 0, -1):
+        for pattern in itertools.combinations(modalities, size):
+            missing = "+".join(m for m in modalities if m not in pattern)
+            found.append(PatternScenario(f"{'+'.join(pattern)} only", pattern, missing))
+    return found
+
+
+class PatternView:
+    """A split under a `PatternScenario`: what `summarize` and `scenario_logits` read of a protocol view."""
+
+    def __init__(self, dataset, scenario: PatternScenario, split: str):
+        from .data.protocol import MissingTable
+
+        modalities = list(dataset.modalities)
+        present = dataset.present_table().astype(bool)
+        keep = np.array([m in scenario.pattern for m in modalities])
+        lacking = ~(present & keep).any(1)  # has none of the pattern's modalities: keeps its own
+        dropped = present & ~keep & ~lacking[:, None]
+        digest = f"pattern:{'+'.join(scenario.pattern)}"
+        self.dataset, self.split = dataset, split
+        self.table = MissingTable(digest, split, tuple(dataset.ids), tuple(modalities), present, dropped,
+                                  kept_last=int(lacking.sum()))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset.class_names
 
 
 def evaluate_run(
@@ -132,6 +186,24 @@ def evaluate_run(
     `datasets` caches opened splits between runs of one experiment. `precision` is chosen for the machine that
     evaluates (`auto`), not taken from the one that trained, and is recorded with the results.
     """
+    return scenario_pass(run_dir, scenarios, rates, root, batch_size, split, datasets, log, precision)[0]
+
+
+def scenario_pass(
+    run_dir: str | Path,
+    scenarios: Sequence[str] | None = None,
+    rates: Sequence[float] | None = None,
+    root: str | None = None,
+    batch_size: int | None = None,
+    split: str = "test",
+    datasets: dict | None = None,
+    log=None,
+    precision: str = "auto",
+    run_test: bool = False,
+) -> tuple[dict, dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """`evaluate_run`'s result, and the logits of each scenario, the labels and the sample ids (in the split's
+    order) from its one encoding pass. `run_test` adds the run's own test condition (its protocol on the test split, what
+    metrics.json's `test` holds) to that pass, as the result's `run_test`."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir / RUN_CONFIG)
     if not (run_dir / "model").is_dir():
@@ -151,29 +223,37 @@ def evaluate_run(
     model = load_model(run_dir / "model").to(inference_device(config.train.accelerator))
     precision = resolve_precision(precision, config.train.accelerator)
     views = {
-        item.name: test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
+        item.name: item.view(test, split) if isinstance(item, PatternScenario)
+        else test.with_protocol(item.protocol(config.protocol, split), cache_dir=run_dir / "missing_tables")
         for item in chosen
     }
+    masks = {name: visible_masks(view.table) for name, view in views.items()}
+    if run_test:
+        if split != "test" or root is not None:
+            raise ValueError("run_test scores the run's own test split: it takes neither another split nor root")
+        run_view = test.with_protocol(config.protocol, cache_dir=run_dir / "missing_tables")
+        masks[RUN_TEST] = visible_masks(run_view.table)
     if log:
         log(f"{run_dir}: {len(chosen)} scenarios, one encoding pass over {len(test)} samples")
     logits, labels = scenario_logits(
         model,
         test,
-        {name: visible_masks(view.table) for name, view in views.items()},
+        masks,
         batch_size or config.evaluation.batch_size,
         config.train.num_workers,
         precision,
     )
+    multilabel = model.config.multilabel
     results = [
         {
             "name": item.name,
             "missing_type": item.missing_type,
             "rate": item.rate,
-            **summarize(views[item.name], logits[item.name], labels, config.train.metrics, model.config.multilabel),
+            **summarize(views[item.name], logits[item.name], labels, config.train.metrics, multilabel),
         }
         for item in chosen
     ]
-    return {
+    result = {
         "run": str(run_dir),
         "dataset": config.dataset.name,
         "method": config.model.method,
@@ -181,6 +261,42 @@ def evaluate_run(
         "precision": precision,
         "scenarios": results,
     }
+    if run_test:
+        result[RUN_TEST] = summarize(run_view, logits.pop(RUN_TEST), labels, config.train.metrics, multilabel)
+    return result, logits, labels, list(test.ids)
+
+
+RUN_TEST = "run_test"
+"""The key of the run's own test condition in a `scenario_pass` with `run_test`."""
+PREDICTIONS = "predictions.npz"
+
+
+def write_predictions(path: Path, logits: dict[str, torch.Tensor], labels: torch.Tensor, ids: Sequence[str]) -> None:
+    """Per-sample test logits of each scenario ([scenarios, N, classes], float32), the labels and the sample ids,
+    written atomically: what per-sample comparisons (a McNemar test, mixed missing rates) read without running
+    the model again."""
+    import numpy as np
+
+    def write(temp):
+        with open(temp, "wb") as handle:
+            np.savez_compressed(handle, scenarios=np.array(list(logits)), labels=labels.numpy(),
+                                logits=torch.stack(list(logits.values())).float().numpy(), ids=np.array(list(ids)))
+
+    atomic_write(path, write)
+
+
+def read_predictions(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
+    """(scenario -> logits, labels, ids) from RUN_DIR/predictions.npz."""
+    import numpy as np
+
+    path = Path(run_dir) / PREDICTIONS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run's evaluation did not write predictions "
+                                "(a sweep's cells do)")
+    with np.load(path) as stored:
+        logits = torch.from_numpy(stored["logits"])
+        return ({str(name): logits[i] for i, name in enumerate(stored["scenarios"])},
+                torch.from_numpy(stored["labels"]), [str(i) for i in stored["ids"]])
 
 
 # ----- several seeds -------------------------------------------------------------------------------------------
@@ -218,10 +334,14 @@ def evaluate_runs(
     split: str = "test",
     log=None,
     precision: str = "auto",
+    run_test: bool = False,
+    predictions: bool = False,
 ) -> dict:
     """Evaluate each run and, for several, aggregate them; they must be seeds of one config.
 
-    Each run's results are written to `RUN_DIR/evaluation.json`.
+    Each run's results are written to `RUN_DIR/evaluation.json`, last. `run_test` scores the run's own test
+    condition in the same pass into metrics.json's `test` (for a run trained with `score_test=False`);
+    `predictions` writes each scenario's per-sample logits to `RUN_DIR/predictions.npz` (`write_predictions`).
     """
     if not run_dirs:
         raise ValueError("no run directory given")
@@ -241,9 +361,16 @@ def evaluate_runs(
     datasets: dict = {}
     runs = []
     for run_dir in run_dirs:
-        result = evaluate_run(run_dir, scenarios, rates, root, batch_size, split, datasets, log, precision)
-        text = json.dumps(result, indent=2)
-        atomic_write_text(Path(run_dir) / "evaluation.json", text)
+        run_dir = Path(run_dir)
+        result, logits, labels, ids = scenario_pass(run_dir, scenarios, rates, root, batch_size, split, datasets,
+                                                    log, precision, run_test)
+        if predictions:
+            write_predictions(run_dir / PREDICTIONS, logits, labels, ids)
+        if run_test:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics["test"] = result.pop(RUN_TEST)
+            atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        atomic_write_text(run_dir / "evaluation.json", json.dumps(result, indent=2))
         runs.append(result)
     report = {"runs": runs}
     if len(runs) > 1:

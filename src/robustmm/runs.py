@@ -247,8 +247,10 @@ def checked_config(config: RunConfig, train_split, log=print) -> RunConfig:
     return config
 
 
-def train_run(config: RunConfig, log=print) -> Path:
-    """Train the run `config` describes into its directory (resuming it if it was interrupted); returns it."""
+def train_run(config: RunConfig, log=print, score_test: bool = True) -> Path:
+    """Train the run `config` describes into its directory (resuming it if it was interrupted); returns it.
+    `score_test=False` leaves the test split to an evaluation that follows (a sweep's cell: `evaluate_runs` with
+    `run_test`), which adds metrics.json's `test` from its own pass, so that the test set is encoded once."""
     config = resolve(config)
     splits = {split: open_split(config.dataset, split) for split in SPLITS}
     config = checked_config(config, splits["train"], log)
@@ -261,7 +263,7 @@ def train_run(config: RunConfig, log=print) -> Path:
     created = not run_dir.exists()
     with run_lock(run_dir) if writer else contextlib.nullcontext():
         try:
-            _train_and_score(config, splits, run_dir, writer, log)
+            _train_and_score(config, splits, run_dir, writer, log, score_test)
         except BaseException:
             if writer and fresh:
                 remove_unstarted_run(run_dir, created)
@@ -282,7 +284,7 @@ def remove_unstarted_run(run_dir: Path, created: bool) -> None:
             path.unlink(missing_ok=True)
 
 
-def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: bool, log) -> None:
+def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: bool, log, score_test: bool) -> None:
     """`train_run` in its checked (and, by the writer, locked) directory."""
     model = build_run_model(config, splits["train"])
     sources = model_sources(model.method, model.plugins, model.config.fusion)
@@ -321,10 +323,11 @@ def _train_and_score(config: RunConfig, splits: dict, run_dir: Path, writer: boo
         "protocol": config.protocol.hash(),
         "selected": selected,
         "val": score(model, views["val"], config.train.metrics, batch_size, workers, config.train.precision),
-        "test": score(model, views["test"], config.train.metrics, batch_size, workers, config.train.precision),
     }
+    if score_test:
+        metrics["test"] = score(model, views["test"], config.train.metrics, batch_size, workers, config.train.precision)
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    for split in ("val", "test"):
+    for split in ("val", "test") if score_test else ("val",):
         shown = ", ".join(f"{name} {100 * value:.2f}" for name, value in metrics[split]["metrics"].items())
         log(f"{split}: {shown}")
     log(f"selected epoch {selected['epoch']} on {selected['monitor']}; wrote {run_dir / 'metrics.json'}")

@@ -154,19 +154,18 @@ def from_runs(run_dirs, max_samples: int = ANALYSIS_SAMPLES, attention_ids=None,
                       list(test.class_names), runs, samples, attention_samples=chosen)
 
 
-def from_demo(result: dict, models: Path, logits: dict, max_samples: int = ANALYSIS_SAMPLES) -> ReportData:
-    """The report's data from `robustmm demo`'s results, the models it kept and their test logits ((method, seed,
-    scenario) -> [N, classes]: calibration on the whole test set at no cost), with the Bayes limits."""
-    import torch
-
+def from_demo(result: dict, run_dirs: dict[tuple[str, int], Path], max_samples: int = ANALYSIS_SAMPLES) -> ReportData:
+    """The report's data from `robustmm demo`'s results and its runs' directories ((method, seed) -> the run of
+    a demo sweep cell): each model as saved, its test logits per scenario from the cell's predictions.npz
+    (calibration on the whole test set at no cost), with the Bayes limits."""
     from ..console import quiet_libraries
     from ..data.synthetic import SyntheticBenchmark, SyntheticConfig
+    from ..evaluation import read_predictions
     from ..serialisation import load_model
 
     quiet_libraries()
     config = result["config"]
     benchmark = SyntheticBenchmark(SyntheticConfig(seed=config["data_seed"]), modalities=tuple(config["modalities"]))
-    labels = torch.tensor([benchmark.latent("test", index).label for index in range(config["test_size"])])
     patterns = {s["name"]: pattern_name(s["available"], config["modalities"]) for s in result["scenarios"]}
     grouped: dict[tuple[str, int], list[dict]] = {}
     for row in result["runs"]:
@@ -174,14 +173,15 @@ def from_demo(result: dict, models: Path, logits: dict, max_samples: int = ANALY
     runs = []
     for (method, seed), rows in grouped.items():
         sweeps = [s for s in result["sweeps"] if (s["method"], s["seed"]) == (method, seed)]
+        logits, labels, _ = read_predictions(run_dirs[method, seed])
         runs.append(RunResult(
             method=method, seed=seed, metric="accuracy",
             scenarios={row["scenario"]: row["accuracy"] for row in rows},
             sweeps={s["modality"]: s["accuracy"] for s in sweeps},
             per_class={row["scenario"]: row["per_class"] for row in rows},
-            model=load_model(models / f"{method}-seed{seed}"),
+            model=load_model(run_dirs[method, seed] / "model"),
             train_seconds=rows[0]["train_seconds"],
-            pattern_logits={patterns[row["scenario"]]: (logits[method, seed, row["scenario"]], labels) for row in rows},
+            pattern_logits={patterns[row["scenario"]]: (logits[row["scenario"]], labels) for row in rows},
         ))
     return ReportData(
         f"robustmm demo: {', '.join(config['modalities'])}, {len(config['seeds'])} seed(s)",

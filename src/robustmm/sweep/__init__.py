@@ -2,7 +2,8 @@
 
     OUT/
       sweep.json          the cells (name, grid values, run directory), for `robustmm sweep status`
-      cells/<name>/       each cell's run directory (`robustmm train`'s layout) with its evaluation.json
+      cells/<name>/       each cell's run directory (`robustmm train`'s layout) with its evaluation.json and
+                          predictions.npz (per-sample test logits of each scenario); its test set encoded once
       logs/<name>.log     each cell's output, every attempt appended; <name>.failed: why its last attempt failed
       slurm/              submitit's scripts, pickles and job logs (--executor slurm)
       results.json        every cell's figures, the selection and the table's rows

@@ -45,15 +45,19 @@ def failed_marker(log: Path) -> Path:
 
 def train_and_evaluate(config: RunConfig, log=print) -> Path:
     """The cell's run: trained (or resumed, or found complete), then evaluated once under its run lock, so that
-    two sweeps on one folder never both write a cell."""
+    two sweeps on one folder never both write a cell. The test split is encoded once: the run leaves its test
+    score to the evaluation, which adds it to metrics.json from the same pass, in the precision that the run
+    trained in, and writes each scenario's per-sample logits (predictions.npz)."""
+    from ..config import RUN_CONFIG, read_run_config
     from ..evaluation import evaluate_runs
     from ..runs import is_global_zero, run_lock, train_run
 
-    run_dir = train_run(config, log=log)
+    run_dir = train_run(config, log=log, score_test=False)
     if is_global_zero():
         with run_lock(run_dir):
             if not (run_dir / EVALUATION).is_file():
-                evaluate_runs([run_dir], log=log)
+                precision = read_run_config(run_dir / RUN_CONFIG).train.precision
+                evaluate_runs([run_dir], log=log, precision=precision, run_test=True, predictions=True)
     return run_dir
 
 
@@ -74,8 +78,19 @@ def run_cell(job: CellJob) -> tuple[str, str | None]:
             with contextlib.suppress(OSError):  # a full disk: the log (or the caller) still has the message
                 atomic_write_text(job.failed_marker, message)
             return FAILED, message
-        print(f"--- cell {job.name} done in {time.perf_counter() - start:.1f} s", flush=True)
+        print(f"{DONE_LINE} {job.name} done in {time.perf_counter() - start:.1f} s", flush=True)
     return DONE, None
+
+
+DONE_LINE = "--- cell"
+
+
+def cell_seconds(log: Path) -> float | None:
+    """The wall time of the cell's last finished attempt, from its log; None if none finished."""
+    for line in reversed(last_lines(log, 1 << 30)):
+        if line.startswith(DONE_LINE) and line.endswith(" s") and " done in " in line:
+            return float(line.rsplit(" done in ", 1)[1].removesuffix(" s"))
+    return None
 
 
 @contextlib.contextmanager

@@ -34,7 +34,9 @@ def cell_job(sweep: Sweep, cell: Cell, threads: int | None = None) -> CellJob:
     return CellJob(cell.name, cell.config, cell_log(sweep, cell), threads, outside_modules())
 
 
-def run_local(sweep: Sweep, cells: list[Cell], jobs: int, finished) -> None:
+def run_local(sweep: Sweep, cells: list[Cell], jobs: int, finished, scratch: Path | None = None) -> None:
+    """`scratch`: a folder that the workers remove when this process dies (SIGKILL included), e.g. the
+    temporary sweep folder of a demo without --out."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
@@ -53,7 +55,8 @@ def run_local(sweep: Sweep, cells: list[Cell], jobs: int, finished) -> None:
     threads = dict(zip((c.name for c in sweep.cells), every))
     context = get_context("spawn")
     workers = min(jobs, len(cells))
-    with ProcessPoolExecutor(workers, context, _start_worker, (os.getpid(),)) as pool, children_end_with_us():
+    with ProcessPoolExecutor(workers, context, _start_worker, (os.getpid(), scratch)) as pool, \
+            children_end_with_us():
         started = {pool.submit(run_cell, cell_job(sweep, cell, threads[cell.name])): cell for cell in cells}
         for future in as_completed(started):
             cell = started[future]
@@ -65,11 +68,11 @@ def run_local(sweep: Sweep, cells: list[Cell], jobs: int, finished) -> None:
                 finished(cell, FAILED, message)
 
 
-def _start_worker(parent_pid: int) -> None:
-    from ..children import end_with_parent
+def _start_worker(parent_pid: int, scratch: Path | None = None) -> None:
+    from ..children import end_with_parent, remove_folder
     from ..console import quiet_libraries
 
-    end_with_parent(parent_pid)
+    end_with_parent(parent_pid, cleanup=(lambda: None) if scratch is None else (lambda: remove_folder(scratch)))
     quiet_libraries()
 
 

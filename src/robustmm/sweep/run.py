@@ -18,13 +18,17 @@ def states_of(sweep: Sweep) -> dict[str, tuple[str, str]]:
     return {cell.name: cell_state(cell.run_dir, cell_log(sweep, cell)) for cell in sweep.cells}
 
 
-def run_sweep(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bool = True, log=print) -> dict:
-    """Run the cells not done yet, then write the tables, results.json and the report; returns results.json's
-    content with `failed` (the names of the cells that failed) added."""
+def run_cells(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bool = True, log=print,
+              scratch: Path | None = None, describe=None) -> dict[str, tuple[str, str]]:
+    """Write the manifest and run the cells not done yet, one progress bar over the cells; returns each cell's
+    state after. `scratch` (local executor): a folder that its workers remove if this process dies;
+    `describe(cell)`: the line to show for a finished cell instead of its name (e.g. its scores)."""
     from tqdm.auto import tqdm
 
     if executor not in RUNNERS:
         raise ValueError(f"unknown executor {executor!r}; use {', '.join(RUNNERS)}")
+    if scratch is not None and executor != "local":
+        raise ValueError(f"a scratch folder is the local executor's, not the {executor} executor's")
     sweep.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(sweep.out / MANIFEST, json.dumps(sweep.to_dict(), indent=2))
     before = states_of(sweep)
@@ -40,17 +44,28 @@ def run_sweep(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bo
 
     def finished(cell, state: str, error: str | None) -> None:
         bar.update(1)
+        if state == DONE and describe is not None:
+            write(describe(cell))
+            return
         write(f"{cell.name}: {state}" + (f": {error} (log: {cell_log(sweep, cell)})" if error else ""))
 
     try:
         if todo:
-            RUNNERS[executor](sweep, todo, jobs, finished)
+            extra = {} if scratch is None else {"scratch": scratch}
+            RUNNERS[executor](sweep, todo, jobs, finished, **extra)
     finally:
         bar.close()
-    states = states_of(sweep)
+    return states_of(sweep) if todo else before
+
+
+def run_sweep(sweep: Sweep, executor: str = "local", jobs: int = 1, progress: bool = True, log=print) -> dict:
+    """Run the cells not done yet, then write the tables, results.json and the report; returns results.json's
+    content with `failed` (the names of the cells that failed) added."""
+    nothing_to_run = all(state == DONE for state, _ in states_of(sweep).values())
+    states = run_cells(sweep, executor, jobs, progress, log)
     results = write_results(sweep, states)
     failed = [name for name, (state, _) in states.items() if state != DONE]
-    report_kept = not todo and (sweep.out / "report").is_dir()  # nothing ran: the report of these cells stands
+    report_kept = nothing_to_run and (sweep.out / "report").is_dir()  # the report of these cells stands
     if sweep.report and len(failed) < len(sweep.cells) and not report_kept:
         for page in write_reports(sweep, log=log):
             log(f"wrote {page}")

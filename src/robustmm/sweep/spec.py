@@ -2,6 +2,7 @@
 
     grid:    dotted config keys (as `--set` takes them) -> lists of values; every combination is one cell.
              `model.method: all` lists every registered method.
+             `--set KEY=VALUE` on a grid key replaces its values (a list, or one value).
     select:  optional {over: [grid keys], metric: val/<metric>}: per combination of the other keys, keep the
              values of `over` whose cells score best on validation (mean over seeds): the same tuning budget for
              every method. Test scores never choose.
@@ -197,7 +198,8 @@ def value_label(value: Any) -> str:
 
 def load_sweep(source: str, overrides: list[str] = (), out: str | None = None, check: bool = True) -> Sweep:
     """The sweep `source` describes (a file or a shipped name), every cell's config built and, with `check`,
-    checked against its dataset. `overrides` are `key=value` assignments applied to the base of every cell."""
+    checked against its dataset. `overrides` are `key=value` assignments applied to the base of every cell; on a
+    grid key, they replace its values."""
     text, where, stem = sweep_source(source)
     try:
         raw = yaml.safe_load(text) or {}
@@ -219,8 +221,12 @@ def load_sweep(source: str, overrides: list[str] = (), out: str | None = None, c
     folder = Path(out or raw.pop("out", None) or Path("sweeps") / stem).expanduser().resolve()
     raw.pop("out", None)
     assignments = [(*parse_assignment(text), f"--set {text}") for text in overrides]
+    gridded = {key: value if isinstance(value, list) or value == "all" else [value]
+               for key, value, _ in assignments if key in grid}
+    grid = _grid({**grid, **gridded}, where) if gridded else grid  # the values of a grid key, not a dead setting
     for key, value, origin in assignments:
-        apply_override(raw, key, value, origin)
+        if key not in grid:
+            apply_override(raw, key, value, origin)
     cells = []
     for name, values in cell_names(grid):
         cell_overrides = [(key, value, f"{where}: grid {key}={value!r}") for key, value in values.items()]
