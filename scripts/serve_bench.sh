@@ -7,8 +7,12 @@
 # a share of them, with one row and with 8 rows a request; and the server without its model
 # (scripts/serve_floor.py), the ceiling of HTTP, JSON and LitServe. Bounded: a fixed number of requests per
 # level (serve_load.py) or 10 s (wrk), 127.0.0.1 only. Writes results/serve-load.txt (one JSON line per level).
+# `serve_bench.sh wrk`: only predict's figures, the wrk levels (native kernels) and the server without its model,
+# into results/serve-load-wrk.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PARTS=${1:-all}
+OUT=results/serve-load.txt; [ "$PARTS" = wrk ] && OUT=results/serve-load-wrk.txt
 bash scripts/setup.sh
 WORK=$(mktemp -d)
 SERVER=
@@ -83,13 +87,15 @@ mkdir -p results
     "${prefix[@]}" .venv/bin/robustmm predict "$WORK/run" --input "$WORK/data/load.csv" --out "$WORK/p.csv" 2>&1 | tail -1
     "${prefix[@]}" .venv/bin/python scripts/serve_load.py --offline "$WORK/run" --rows "$WORK/data/load.csv" \
       --label "$variant one row offline" 2> /dev/null | tail -1
+    [ "$PARTS" = wrk ] && break
     serve "${prefix[@]}" --
     load "$variant default (32, 10 ms)" 1 200
     load "$variant default (32, 10 ms)" 8 400
     load "$variant default (32, 10 ms)" 32 800
     stop
   done
-  for setting in "1 10" "8 10" "32 1" "32 2" "32 50"; do
+  settings=("1 10" "8 10" "32 1" "32 2" "32 50"); [ "$PARTS" = wrk ] && settings=()
+  for setting in "${settings[@]}"; do
     read -r size timeout <<< "$setting"
     serve env -- --max-batch-size "$size" --batch-timeout-ms "$timeout"
     load "native --max-batch-size $size --batch-timeout-ms $timeout" 1 100
@@ -98,6 +104,7 @@ mkdir -p results
   done
   for variant in native avx2; do
     prefix=(env); [ "$variant" = avx2 ] && prefix=("${AVX2[@]}")
+    [ "$PARTS" = wrk ] && [ "$variant" = avx2 ] && break
     serve "${prefix[@]}" --
     for rows in 1 8; do
       for clients in 1 8 32; do wrk_load "$variant default (32, 10 ms), $rows row(s) a request" "$clients" "$rows"; done
@@ -109,4 +116,4 @@ mkdir -p results
   for clients in 1 8 32; do wrk_load "no model (serve_floor.py), default (32, 10 ms)" "$clients" 1; done
   stop
   echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-} | tee results/serve-load.txt
+} | tee "$OUT"
