@@ -22,7 +22,9 @@ import torch
 
 from .checks import load_json
 from .config import EXECUTION_KEYS, RUN_CONFIG, ConfigError, DatasetSection, config_differences, read_run_config
-from .data.protocol import Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep
+from .data.protocol import (
+    MissingTable, Scenario, bind_kind, complete_scenario, map_grid, modality_missing_scenarios, rate_sweep,
+)
 from .data.registry import get_dataset
 from .metrics import compute_metrics, default_metrics, mean_sd, per_class_scores
 from .atomic import atomic_write, atomic_write_text
@@ -122,8 +124,9 @@ def parse_scenarios(
 
 @dataclass(frozen=True)
 class PatternScenario:
-    """Every test sample shows the modalities of `pattern` only: two or more modalities missing at once, which a missing protocol
-    (one modality lost per selected sample) cannot express. A sample that has none of them keeps what it has."""
+    """Every test sample shows the modalities of `pattern` only: two or more modalities missing at once, which a
+    missing protocol (one modality lost per selected sample) cannot express. A sample that has none of them keeps
+    what it has."""
 
     name: str
     pattern: tuple[str, ...]
@@ -148,8 +151,6 @@ class PatternView:
     """A split under a `PatternScenario`: what `summarize` and `scenario_logits` read of a protocol view."""
 
     def __init__(self, dataset, scenario: PatternScenario, split: str):
-        from .data.protocol import MissingTable
-
         modalities = list(dataset.modalities)
         present = dataset.present_table().astype(bool)
         keep = np.array([m in scenario.pattern for m in modalities])
@@ -275,7 +276,6 @@ def write_predictions(path: Path, logits: dict[str, torch.Tensor], labels: torch
     """Per-sample test logits of each scenario ([scenarios, N, classes], float32), the labels and the sample ids,
     written atomically: what per-sample comparisons (a McNemar test, mixed missing rates) read without running
     the model again."""
-    import numpy as np
 
     def write(temp):
         with open(temp, "wb") as handle:
@@ -287,8 +287,6 @@ def write_predictions(path: Path, logits: dict[str, torch.Tensor], labels: torch
 
 def read_predictions(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[str]]:
     """(scenario -> logits, labels, ids) from RUN_DIR/predictions.npz."""
-    import numpy as np
-
     path = Path(run_dir) / PREDICTIONS
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run's evaluation did not write predictions "

@@ -72,7 +72,10 @@ def _start_worker(parent_pid: int, scratch: Path | None = None) -> None:
     from ..children import end_with_parent, remove_folder
     from ..console import quiet_libraries
 
-    end_with_parent(parent_pid, cleanup=(lambda: None) if scratch is None else (lambda: remove_folder(scratch)))
+    if scratch is None:
+        end_with_parent(parent_pid)
+    else:
+        end_with_parent(parent_pid, cleanup=lambda: remove_folder(scratch))
     quiet_libraries()
 
 
